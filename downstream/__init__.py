@@ -1,0 +1,1 @@
+"""Consumer side of daisy: featurizers and MiniSUPERB-style probes over exited representations."""

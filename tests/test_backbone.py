@@ -1,0 +1,131 @@
+"""The stepping backbone against transformers' own HubertModel."""
+
+import pytest
+import torch
+import transformers
+from transformers import HubertModel
+
+from conftest import padded_batch, tiny_config
+from daisy.upstream import PRESETS, HubertBackbone, preset_config
+
+LENGTHS = [16000, 9000, 4321, 400]
+
+
+def reference_states(model: HubertModel, wavs, lengths):
+    """transformers' hidden states, the last one taken after the encoder's final layer norm.
+
+    transformers 4.x returns that itself; 5.x records pre-norm models' last layer before the final
+    norm in `hidden_states` and only normalises `last_hidden_state`. We follow 4.x, fairseq and s3prl.
+    """
+    attention = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long()
+    with torch.no_grad():
+        out = model(wavs, attention_mask=attention, output_hidden_states=True)
+    if int(transformers.__version__.split(".")[0]) < 5:
+        torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    return (*out.hidden_states[:-1], out.last_hidden_state)
+
+
+@pytest.mark.parametrize("stable,norm", [(False, "group"), (False, "layer"), (True, "layer")])
+def test_stepping_reproduces_transformers_hidden_states(stable, norm):
+    torch.manual_seed(0)
+    backbone = HubertBackbone.from_config(tiny_config(stable=stable, norm=norm))
+    wavs, lengths = padded_batch(LENGTHS)
+    expected = reference_states(backbone.model, wavs, lengths)
+    with torch.no_grad():
+        got = backbone.hidden_states(wavs, lengths)
+    assert len(got) == len(expected) == backbone.num_layers + 1
+    frames = backbone.frame_lengths(lengths)
+    for layer, (a, b) in enumerate(zip(got, expected)):
+        assert a.shape == b.shape, layer
+        for i, n in enumerate(frames.tolist()):  # padded frames carry no meaning in either
+            torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-5, rtol=0, msg=f"layer {layer} utt {i}")
+
+
+def test_stable_variant_normalises_only_the_last_state():
+    torch.manual_seed(0)
+    backbone = HubertBackbone.from_config(tiny_config(stable=True))
+    wavs, lengths = padded_batch([8000])
+    with torch.no_grad():
+        states = backbone.hidden_states(wavs, lengths)
+    last = states[-1][0]
+    torch.testing.assert_close(last.mean(-1), torch.zeros(last.shape[0]), atol=1e-4, rtol=0)
+    assert states[1][0].mean(-1).abs().max() > 1e-3
+
+
+def test_truncated_run_is_a_prefix_of_the_full_run(tiny_backbone):
+    wavs, lengths = padded_batch([6000, 3000])
+    with torch.no_grad():
+        full = tiny_backbone.hidden_states(wavs, lengths)
+        part = tiny_backbone.hidden_states(wavs, lengths, num_layers=2)
+    assert len(part) == 3
+    for a, b in zip(part, full):
+        torch.testing.assert_close(a, b)
+
+
+def test_geometry(tiny_backbone):
+    assert tiny_backbone.num_layers == 3
+    assert tiny_backbone.hidden_size == 16
+    assert tiny_backbone.downsample_rate == 320
+    assert tiny_backbone.min_samples == 400
+    # transformers: floor((n - 400) / 320) + 1 frames
+    assert tiny_backbone.frame_lengths(torch.tensor([400, 719, 720, 16000])).tolist() == [1, 1, 2, 49]
+
+
+def test_embed_returns_frame_mask(tiny_backbone):
+    wavs, lengths = padded_batch([16000, 4000])
+    x, mask = tiny_backbone.embed(wavs, lengths)
+    assert x.shape == (2, 49, 16)
+    assert mask.sum(1).tolist() == [49, 12]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_have_their_documented_sizes(name):
+    config = preset_config(name)
+    layers, width = {"tiny": (6, 256), "base": (12, 768), "large": (24, 1024)}[name]
+    assert (config.num_hidden_layers, config.hidden_size) == (layers, width)
+    assert config.do_stable_layer_norm == (name == "large")
+
+
+def test_unknown_preset_is_named():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset_config("huge")
+
+
+def test_save_and_load_round_trip_through_transformers(tmp_path, tiny_backbone):
+    tiny_backbone.save_pretrained(tmp_path)
+    plain = HubertModel.from_pretrained(tmp_path)  # transformers reads it without us
+    loaded = HubertBackbone.from_pretrained(tmp_path)
+    wavs, lengths = padded_batch([5000, 3000])
+    with torch.no_grad():
+        for a, b, c in zip(
+            tiny_backbone.hidden_states(wavs, lengths),
+            loaded.hidden_states(wavs, lengths),
+            reference_states(plain, wavs, lengths),
+        ):
+            torch.testing.assert_close(a, b)
+            torch.testing.assert_close(a[0], c[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: (torch.zeros(16000), None), "rank 1"),
+        (lambda: (torch.zeros(1, 1, 16000), None), "rank 3"),
+        (lambda: (torch.zeros(2, 16000, dtype=torch.int16), None), "float tensor"),
+        (lambda: (torch.full((2, 16000), float("nan")), None), "NaN or inf values \\(utterances \\[0, 1\\]\\)"),
+        (lambda: (torch.zeros(2, 16000), torch.tensor([16000, 399])), "utterance 1 has 399 samples"),
+        (lambda: (torch.zeros(2, 16000), torch.tensor([16001, 500])), "exceeds the padded width"),
+        (lambda: (torch.zeros(2, 16000), torch.tensor([16000])), "lengths must have shape \\(2,\\)"),
+        (lambda: (torch.zeros(2, 16000), torch.tensor([1.0, 2.0])), "integer sample counts"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_clear_message(tiny_backbone, make, message):
+    wavs, lengths = make()
+    with pytest.raises(ValueError, match=message):
+        tiny_backbone.hidden_states(wavs, lengths)
+
+
+def test_layer_index_is_checked(tiny_backbone):
+    x, mask = tiny_backbone.embed(*padded_batch([4000]))
+    with pytest.raises(ValueError, match="layer index 4 out of range 1..3"):
+        tiny_backbone.layer(4, x, mask)

@@ -1,0 +1,73 @@
+"""Checkpoint format handling that needs no s3prl."""
+
+import pytest
+import torch
+
+from daisy.upstream import HubertBackbone
+from daisy.upstream.checkpoints import parse_conv_layers, rename_fairseq_weights
+
+
+def test_conv_spec_is_parsed_without_eval():
+    assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == (
+        [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    )
+    with pytest.raises(ValueError, match="unsupported"):
+        parse_conv_layers("__import__('os').system('true')")
+
+
+def test_fairseq_names_map_onto_transformers():
+    weights = {
+        n: torch.zeros(1)
+        for n in [
+            "feature_extractor.conv_layers.0.0.weight",
+            "feature_extractor.conv_layers.0.2.weight",
+            "feature_extractor.conv_layers.3.2.1.bias",
+            "encoder.layers.11.self_attn.q_proj.weight",
+            "encoder.layers.0.fc2.bias",
+            "encoder.pos_conv.0.weight_g",
+            "post_extract_proj.weight",
+            "layer_norm.bias",
+            "final_proj.weight",
+            "label_embs_concat",
+        ]
+    }
+    state, head = rename_fairseq_weights(weights)
+    assert sorted(state) == sorted(
+        [
+            "feature_extractor.conv_layers.0.conv.weight",
+            "feature_extractor.conv_layers.0.layer_norm.weight",
+            "feature_extractor.conv_layers.3.layer_norm.bias",
+            "encoder.layers.11.attention.q_proj.weight",
+            "encoder.layers.0.feed_forward.output_dense.bias",
+            "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+            "feature_projection.projection.weight",
+            "feature_projection.layer_norm.bias",
+        ]
+    )
+    assert sorted(head) == ["final_proj.weight", "label_embs_concat"]
+    with pytest.raises(ValueError, match="unknown fairseq HuBERT parameter 'encoder.mystery'"):
+        rename_fairseq_weights({"encoder.mystery": torch.zeros(1)})
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "not a readable torch checkpoint"),
+        (b"not a pickle at all", "not a readable torch checkpoint"),
+    ],
+)
+def test_unreadable_checkpoint_files_are_named(tmp_path, content, message):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"broken.pt: {message}"):
+        HubertBackbone.from_pretrained(path)
+
+
+def test_foreign_pickles_and_missing_paths_are_named(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not an s3prl-converted HuBERT checkpoint"):
+        HubertBackbone.from_pretrained(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="nowhere: no such checkpoint"):
+        HubertBackbone.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        HubertBackbone.from_pretrained(tmp_path)

@@ -1,0 +1,184 @@
+"""A HuBERT backbone that runs one transformer layer at a time.
+
+Layer numbering follows transformers' `output_hidden_states`: state 0 is the input of the first
+transformer layer (conv features, projection, positional conv and, for post-norm models, the encoder
+layer norm); state l (1-based) is the output of transformer layer l. Pre-norm ("stable layer norm")
+models apply the encoder's final layer norm after the last layer only, exactly as transformers does.
+
+The backbone knows nothing of exit heads or policies: callers step it and decide themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import HubertConfig, HubertModel
+
+from daisy.upstream.presets import preset_config
+
+MIN_SAMPLES = 400  # receptive field of one frame of the standard conv front-end
+
+
+def check_batch(wavs: torch.Tensor, lengths: torch.Tensor | None, min_samples: int = MIN_SAMPLES) -> torch.Tensor:
+    """Validate a padded batch of waveforms; return `lengths` as a long tensor on `wavs.device`.
+
+    wavs: (B, T) float, 16 kHz mono, right-padded. lengths: (B,) valid samples per row (None: all T).
+    """
+    if not isinstance(wavs, torch.Tensor):
+        raise ValueError(f"wavs must be a torch.Tensor of shape (batch, samples), got {type(wavs).__name__}")
+    if wavs.dim() != 2:
+        raise ValueError(f"wavs must have shape (batch, samples), got rank {wavs.dim()}: {tuple(wavs.shape)}")
+    if not wavs.is_floating_point():
+        raise ValueError(f"wavs must be a float tensor (float32 audio in [-1, 1]), got dtype {wavs.dtype}")
+    if lengths is None:
+        lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+    lengths = torch.as_tensor(lengths, device=wavs.device)
+    if lengths.dim() != 1 or lengths.shape[0] != wavs.shape[0]:
+        raise ValueError(f"lengths must have shape ({wavs.shape[0]},) to match wavs, got {tuple(lengths.shape)}")
+    if lengths.is_floating_point():
+        raise ValueError("lengths must be integer sample counts")
+    lengths = lengths.long()
+    if int(lengths.max()) > wavs.shape[1]:
+        raise ValueError(f"a length ({int(lengths.max())}) exceeds the padded width of wavs ({wavs.shape[1]})")
+    if int(lengths.min()) < min_samples:
+        raise ValueError(
+            f"utterance {int(lengths.argmin())} has {int(lengths.min())} samples; at least {min_samples} "
+            f"({min_samples / 16000 * 1000:.0f} ms at 16 kHz) are needed for one frame"
+        )
+    if not torch.isfinite(wavs).all():
+        bad = (~torch.isfinite(wavs)).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"wavs contain NaN or inf values (utterances {bad})")
+    return lengths
+
+
+class HubertBackbone(nn.Module):
+    """transformers' `HubertModel`, exposed as `embed` + `layer(i)` so a caller can stop at any layer."""
+
+    downsample_rate = 320
+
+    def __init__(self, model: HubertModel, normalize_waveform: bool | None = None):
+        super().__init__()
+        self.model = model
+        config = model.config
+        if math.prod(config.conv_stride) != self.downsample_rate:
+            hop = math.prod(config.conv_stride)
+            raise ValueError(f"conv strides {config.conv_stride} give a hop of {hop} samples, not 320")
+        # fairseq Large checkpoints expect each utterance normalised to zero mean, unit variance.
+        if normalize_waveform is None:
+            normalize_waveform = bool(getattr(config, "normalize_waveform", False))
+        config.normalize_waveform = normalize_waveform
+        self.min_samples = self._receptive_field(config)
+
+    @staticmethod
+    def _receptive_field(config: HubertConfig) -> int:
+        field = 1
+        for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+            field = (field - 1) * stride + kernel
+        return field
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: HubertConfig) -> HubertBackbone:
+        return cls(HubertModel(config).eval())
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int | None = 0, **overrides) -> HubertBackbone:
+        """A randomly initialised backbone of a named size (`tiny`, `base`, `large`)."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls.from_config(preset_config(name, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> HubertBackbone:
+        """Load a transformers `save_pretrained` directory (daisy model directories are one too) or an
+        s3prl-converted fairseq HuBERT checkpoint file."""
+        from daisy.upstream.checkpoints import load_backbone_model
+
+        model, normalize = load_backbone_model(path)
+        return cls(model.eval(), normalize_waveform=normalize)
+
+    def save_pretrained(self, path: str | Path, **kwargs) -> None:
+        """Write transformers' format (`config.json` + `model.safetensors`), loadable by `HubertModel`."""
+        self.model.save_pretrained(path, **kwargs)
+
+    # -- geometry ---------------------------------------------------------------------------------
+    @property
+    def config(self) -> HubertConfig:
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames produced for `lengths` samples (transformers' own formula)."""
+        return self.model._get_feat_extract_output_lengths(lengths).long()
+
+    # -- stepping ---------------------------------------------------------------------------------
+    def embed(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms (B, T) + lengths (B,) -> (state 0 of shape (B, T', D), frame mask (B, T') bool)."""
+        lengths = check_batch(wavs, lengths, self.min_samples)
+        if self.config.normalize_waveform:
+            wavs = _normalize_each(wavs, lengths)
+        model = self.model
+        features = model.feature_extractor(wavs).transpose(1, 2)
+        frames = self.frame_lengths(lengths)
+        mask = torch.arange(features.shape[1], device=wavs.device)[None, :] < frames[:, None]
+        x = model.feature_projection(features)
+        x = x.masked_fill(~mask[..., None], 0.0)  # padded frames must not leak through the positional conv
+        encoder = model.encoder
+        x = x + encoder.pos_conv_embed(x)
+        if not self.config.do_stable_layer_norm:
+            x = encoder.layer_norm(x)
+        return encoder.dropout(x), mask
+
+    def attention_bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive key mask (B, 1, 1, T') for the attention layers; None when nothing is padded."""
+        if bool(mask.all()):
+            return None
+        return (~mask)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
+
+    def layer(self, i: int, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Run transformer layer i (1-based) on state i-1 -> state i.
+
+        `bias` is `attention_bias(mask)`, which callers stepping many layers may compute once.
+        """
+        if not 1 <= i <= self.num_layers:
+            raise ValueError(f"layer index {i} out of range 1..{self.num_layers}")
+        if bias is None:
+            bias = self.attention_bias(mask, x.dtype)
+        out = self.model.encoder.layers[i - 1](x, attention_mask=bias)
+        x = out[0] if isinstance(out, tuple) else out
+        if i == self.num_layers and self.config.do_stable_layer_norm:
+            x = self.model.encoder.layer_norm(x)
+        return x
+
+    def hidden_states(
+        self, wavs: torch.Tensor, lengths: torch.Tensor | None = None, num_layers: int | None = None
+    ) -> list[torch.Tensor]:
+        """States 0..num_layers (default all: num_layers + 1 tensors of shape (B, T', D))."""
+        x, mask = self.embed(wavs, lengths)
+        bias = self.attention_bias(mask, x.dtype)
+        states = [x]
+        for i in range(1, (num_layers or self.num_layers) + 1):
+            x = self.layer(i, x, mask, bias)
+            states.append(x)
+        return states
+
+    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return self.hidden_states(wavs, lengths)
+
+
+def _normalize_each(wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over each utterance's valid samples (fairseq's `normalize: true`)."""
+    out = torch.zeros_like(wavs)
+    for b, n in enumerate(lengths.tolist()):
+        out[b, :n] = torch.nn.functional.layer_norm(wavs[b, :n], (n,))
+    return out
