@@ -39,3 +39,29 @@ def padded_batch(lengths, seed=0):
     for i, n in enumerate(lengths):
         wavs[i, :n] = 0.1 * torch.randn(n, generator=g)
     return wavs, torch.tensor(lengths)
+
+
+def random_early_exit(stable=False, norm="layer", num_classes=12, head_input="ffn", seed=0):
+    """An EarlyExitHubert on a tiny random backbone whose heads give utterance-dependent entropies."""
+    from daisy.model import EarlyExitHubert
+
+    torch.manual_seed(seed)
+    backbone = HubertBackbone.from_config(tiny_config(stable=stable, norm=norm))
+    model = EarlyExitHubert.from_backbone(backbone, num_classes, head_input=head_input).eval()
+    scale = 300.0 if head_input == "ffn" else 3.0  # random FFN outputs are ~1e-3: scale heads to spread
+    with torch.no_grad():
+        for head in model.heads.heads:
+            head.weight.normal_(0.0, scale / head.in_features**0.5)
+    return model
+
+
+def varied_batch(n=8, seed=0):
+    """n utterances of different lengths and characters (tones, noise, silence-ish)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [int(x) for x in torch.randint(800, 12000, (n,), generator=g)]
+    wavs, lengths_t = padded_batch(lengths, seed)
+    for i, n_i in enumerate(lengths):
+        t = torch.arange(n_i) / 16000
+        wavs[i, :n_i] *= float(torch.rand((), generator=g)) * 3
+        wavs[i, :n_i] += 0.5 * torch.sin(2 * torch.pi * (100 + 300 * i) * t)
+    return wavs, lengths_t

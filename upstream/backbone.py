@@ -145,20 +145,36 @@ class HubertBackbone(nn.Module):
             return None
         return (~mask)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
 
-    def layer(self, i: int, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def layer(
+        self,
+        i: int,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        return_ffn: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run transformer layer i (1-based) on state i-1 -> state i.
 
         `bias` is `attention_bias(mask)`, which callers stepping many layers may compute once.
+        `return_ffn` also returns the layer's feed-forward output before the residual add and the
+        layer norm (fairseq's `layer_result`, DAISY's "before-norm" head input): (state, ffn).
         """
         if not 1 <= i <= self.num_layers:
             raise ValueError(f"layer index {i} out of range 1..{self.num_layers}")
         if bias is None:
             bias = self.attention_bias(mask, x.dtype)
-        out = self.model.encoder.layers[i - 1](x, attention_mask=bias)
+        module = self.model.encoder.layers[i - 1]
+        captured = []
+        hook = module.feed_forward.register_forward_hook(lambda m, a, out: captured.append(out)) if return_ffn else None
+        try:
+            out = module(x, attention_mask=bias)
+        finally:
+            if hook is not None:
+                hook.remove()
         x = out[0] if isinstance(out, tuple) else out
         if i == self.num_layers and self.config.do_stable_layer_norm:
             x = self.model.encoder.layer_norm(x)
-        return x
+        return (x, captured[0]) if return_ffn else x
 
     def hidden_states(
         self, wavs: torch.Tensor, lengths: torch.Tensor | None = None, num_layers: int | None = None

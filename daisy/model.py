@@ -1,0 +1,258 @@
+"""The early-exit HuBERT: backbone + per-layer exit heads + an exit policy.
+
+`model(wavs, lengths)` steps the backbone one layer at a time; after layer l, head l scores each
+utterance still running, the policy marks finished ones, and those leave the batch (compaction:
+later layers run only on the rest, and the time axis is trimmed to the longest one left). So compute
+really shrinks, and an utterance's outputs do not depend on its batch-mates.
+
+`model.trace(...)` runs every layer for every utterance and scores all heads; any policy can then be
+applied offline (`policy.exit_layers(trace.scores)`, `trace.select(exits)`) with the same result as
+the live path. Layer numbering: state 0 is the embedding, state l the output of layer l (1-based).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from daisy import policies
+from daisy.heads import ExitHeads
+from daisy.io import atomic_dir
+from daisy.targets import KMeansTargets, TeacherHead
+from daisy.upstream import HubertBackbone
+
+HEAD_INPUTS = ("ffn", "output")
+
+
+@dataclass
+class DaisyConfig:
+    """Saved as `daisy.json` beside the backbone weights."""
+
+    num_classes: int
+    # "ffn": the layer's feed-forward output before the residual add and layer norm (DAISY's default,
+    # "before-norm"); "output": the layer's output state.
+    head_input: str = "ffn"
+    targets: str = "teacher"  # "teacher" (the model's own prediction) or "kmeans"
+    policy: dict = field(default_factory=lambda: {"name": "entropy", "threshold": 1.0})
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.head_input not in HEAD_INPUTS:
+            raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
+        if self.targets not in ("teacher", "kmeans"):
+            raise ValueError(f"targets must be 'teacher' or 'kmeans', got {self.targets!r}")
+
+
+@dataclass
+class ExitOutput:
+    """exit_layers (B,) in 1..L; lengths (B,) valid frames; last_hidden_state (B, T, D) each
+    utterance's exit-layer state; hidden_states: L + 1 tensors (B, T, D) where layers past an
+    utterance's exit repeat its exit state (None unless asked for); scores: name -> (B, L), NaN for
+    layers an utterance did not run."""
+
+    exit_layers: torch.Tensor
+    lengths: torch.Tensor
+    last_hidden_state: torch.Tensor
+    scores: dict[str, torch.Tensor]
+    hidden_states: list[torch.Tensor] | None = None
+
+
+@dataclass
+class Trace:
+    """Every layer run for every utterance: hidden_states (L + 1 of (B, T, D)), scores name -> (B, L)."""
+
+    hidden_states: list[torch.Tensor]
+    lengths: torch.Tensor
+    scores: dict[str, torch.Tensor]
+
+    def select(self, exit_layers: torch.Tensor) -> ExitOutput:
+        """The output the live model gives for these exits."""
+        stacked = torch.stack(self.hidden_states)  # (L+1, B, T, D)
+        depth = torch.arange(stacked.shape[0])[:, None]
+        index = torch.minimum(depth, exit_layers[None, :])  # (L+1, B): past the exit, the exit state
+        rows = torch.arange(stacked.shape[1])[None, :]
+        states = stacked[index, rows]
+        run = torch.arange(1, stacked.shape[0])[None, :] <= exit_layers[:, None]  # (B, L)
+        scores = {k: v.masked_fill(~run, float("nan")) for k, v in self.scores.items()}
+        return ExitOutput(exit_layers, self.lengths, states[-1], scores, list(states))
+
+
+class EarlyExitHubert(nn.Module):
+    def __init__(
+        self,
+        backbone: HubertBackbone,
+        heads: ExitHeads,
+        config: DaisyConfig,
+        teacher: TeacherHead | None = None,
+        kmeans: KMeansTargets | None = None,
+    ):
+        super().__init__()
+        if len(heads.heads) != backbone.num_layers:
+            raise ValueError(f"{len(heads.heads)} heads for a {backbone.num_layers}-layer backbone")
+        self.backbone, self.heads, self.config = backbone, heads, config
+        self.teacher, self.kmeans = teacher, kmeans
+        self.policy: policies.Policy = policies.policy_from_dict(config.policy)
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.num_layers
+
+    @classmethod
+    def from_backbone(
+        cls, backbone: HubertBackbone, num_classes: int, teacher: TeacherHead | None = None, **config
+    ) -> EarlyExitHubert:
+        """Fresh (untrained) heads on a backbone."""
+        heads = ExitHeads(backbone.num_layers, backbone.hidden_size, num_classes)
+        return cls(backbone, heads, DaisyConfig(num_classes=num_classes, **config), teacher=teacher)
+
+    # -- running ----------------------------------------------------------------------------------
+    def embed(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone embedding that never depends on batch-mates: a group-normed conv front-end
+        (HuBERT Base) normalises over time, padding included, so each utterance is embedded alone."""
+        if self.backbone.config.feat_extract_norm != "group" or wavs.shape[0] == 1:
+            return self.backbone.embed(wavs, lengths)
+        from daisy.upstream import check_batch
+
+        lengths = check_batch(wavs, lengths, self.backbone.min_samples)
+        parts = [self.backbone.embed(wavs[i : i + 1, :n]) for i, n in enumerate(lengths.tolist())]
+        width = max(x.shape[1] for x, _ in parts)
+        x = torch.cat([nn.functional.pad(x, (0, 0, 0, width - x.shape[1])) for x, _ in parts])
+        mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m in parts])
+        return x, mask
+
+    def _run(self, wavs, lengths, targets, policy, keep_states: bool) -> ExitOutput:
+        x, mask = self.embed(wavs, lengths)
+        batch, width, _ = x.shape
+        frames = mask.sum(1)
+        num_layers = self.num_layers
+        exit_layers = torch.full((batch,), num_layers, dtype=torch.long, device=x.device)
+        final = torch.zeros_like(x)
+        states = [x] if keep_states else None
+        scores: dict[str, torch.Tensor] = {}
+        active = torch.arange(batch, device=x.device)
+        # a fixed exit needs no head, so the truncated model runs bare
+        need_scores = policy is None or not isinstance(policy, policies.Fixed) or targets is not None
+        use_ffn = need_scores and self.config.head_input == "ffn"
+        bias = self.backbone.attention_bias(mask, x.dtype)
+        for layer in range(1, num_layers + 1):
+            if use_ffn:
+                x, feats = self.backbone.layer(layer, x, mask, bias, return_ffn=True)
+            else:
+                x = feats = self.backbone.layer(layer, x, mask, bias)
+            if need_scores:
+                tgt = None if targets is None else targets[active, : x.shape[1]]
+                for name, value in self.heads.scores(layer, feats, mask, tgt).items():
+                    scores.setdefault(name, x.new_full((batch, num_layers), float("nan")))[active, layer - 1] = value
+            if keep_states:
+                full = states[-1].clone()
+                full[active, : x.shape[1]] = x
+                states.append(full)
+            if layer == num_layers:
+                final[active, : x.shape[1]] = x
+                break
+            if policy is None:
+                continue
+            layer_scores = {k: v[active, layer - 1] for k, v in scores.items()}
+            if not layer_scores:  # a fixed policy needs no head: give it the shape
+                layer_scores = {"entropy": x.new_zeros(len(active))}
+            stop = policy.decide(layer, layer_scores)
+            if not bool(stop.any()):
+                continue
+            done = active[stop]
+            final[done, : x.shape[1]] = x[stop]
+            exit_layers[done] = layer
+            keep = ~stop
+            if not bool(keep.any()):
+                if keep_states:
+                    states.extend(states[-1] for _ in range(num_layers - layer))
+                break
+            active, x, mask = active[keep], x[keep], mask[keep]
+            longest = int(mask.sum(1).max())  # trim the time axis to the longest utterance left
+            x, mask = x[:, :longest], mask[:, :longest]
+            bias = self.backbone.attention_bias(mask, x.dtype)
+        return ExitOutput(exit_layers, frames, final, scores, states)
+
+    def forward(
+        self,
+        wavs: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        output_hidden_states: bool = True,
+    ) -> ExitOutput:
+        """Early exit with compaction under `self.policy`. wavs (B, T), lengths (B,) samples,
+        targets (B, T') frame class ids (only the oracle policy needs them)."""
+        return self._run(wavs, lengths, targets, self.policy, output_hidden_states)
+
+    def trace(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None, targets: torch.Tensor | None = None):
+        """All layers for all utterances, every head scored: the input of offline policy sweeps."""
+        out = self._run(wavs, lengths, targets, None, keep_states=True)
+        return Trace(out.hidden_states, out.lengths, out.scores)
+
+    @torch.no_grad()
+    def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """DAISY's targets: the model's own prediction per frame (B, T'), no masking."""
+        if self.config.targets == "teacher":
+            if self.teacher is None:
+                raise ValueError("this model has no pretraining head; use k-means targets (targets='kmeans')")
+            return self.teacher(self.backbone.hidden_states(wavs, lengths)[-1])
+        if self.kmeans is None:
+            raise ValueError("this model has no k-means codebook")
+        from daisy.features import mfcc
+
+        if self.kmeans.layer is not None:
+            return self.kmeans.assign(self.backbone.hidden_states(wavs, lengths, self.kmeans.layer)[-1])
+        lengths = torch.full((wavs.shape[0],), wavs.shape[1]) if lengths is None else lengths
+        feats = [mfcc(w[:n]) for w, n in zip(wavs, lengths.tolist())]
+        width = max(len(f) for f in feats)
+        padded = torch.stack([nn.functional.pad(f, (0, 0, 0, width - len(f))) for f in feats])
+        return self.kmeans.assign(padded)
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        """One directory: config.json + model.safetensors (transformers HubertModel), heads.safetensors,
+        teacher_head.safetensors / kmeans.safetensors when present, daisy.json. Written atomically."""
+        self.config.policy = self.policy.to_dict()
+        with atomic_dir(path) as tmp:
+            self.backbone.save_pretrained(tmp)
+            save_file({k: v.contiguous() for k, v in self.heads.state_dict().items()}, str(tmp / "heads.safetensors"))
+            if self.teacher is not None:
+                save_file(
+                    {k: v.contiguous() for k, v in self.teacher.state_dict().items()},
+                    str(tmp / "teacher_head.safetensors"),
+                    metadata={"temperature": str(self.teacher.temperature)},
+                )
+            if self.kmeans is not None:
+                self.kmeans.save(tmp / "kmeans.safetensors")
+            (tmp / "daisy.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> EarlyExitHubert:
+        path = Path(path)
+        if not (path / "daisy.json").is_file():
+            raise FileNotFoundError(f"{path}: not a daisy model directory (no daisy.json); train heads first")
+        config = DaisyConfig(**json.loads((path / "daisy.json").read_text()))
+        backbone = HubertBackbone.from_pretrained(path)
+        heads = ExitHeads(backbone.num_layers, backbone.hidden_size, config.num_classes)
+        heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+        teacher = load_teacher(path / "teacher_head.safetensors")
+        kmeans = KMeansTargets.load(path / "kmeans.safetensors") if (path / "kmeans.safetensors").is_file() else None
+        return cls(backbone, heads, config, teacher=teacher, kmeans=kmeans).eval()
+
+
+def load_teacher(path: Path) -> TeacherHead | None:
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        temperature = float((f.metadata() or {}).get("temperature", 0.1))
+    state = load_file(str(path))
+    proj = state["final_proj.weight"]
+    teacher = TeacherHead(proj.shape[1], proj.shape[0], state["label_embs"].shape[0], temperature)
+    teacher.load_state_dict(state)
+    return teacher

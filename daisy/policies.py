@@ -1,0 +1,155 @@
+"""Exit policies: pure functions from per-layer, per-utterance scores to exit decisions.
+
+A policy sees, after layer l (1-based), a dict of scores for the utterances still running, each a
+(B,) tensor: `entropy` (mean frame entropy of head l's posterior, nats), `confidence` (mean max
+posterior) and, when targets are known, `loss` (mean cross-entropy against them). It answers a (B,)
+bool tensor: exit now. It never sees hidden states. The last layer always exits.
+
+The same policy applied to a stored trace of scores (`exit_layers`) gives the exits that the live,
+compacting model produces; sweeps over thresholds use that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+class Policy:
+    name: str = ""
+    needs: str = "entropy"  # the score the policy reads
+
+    def decide(self, layer: int, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+    def exit_layers(self, trace: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Exit layer (1-based) per utterance from a full trace of scores, each (B, L)."""
+        num_layers = next(iter(trace.values())).shape[1]
+        batch = next(iter(trace.values())).shape[0]
+        exits = torch.full((batch,), num_layers, dtype=torch.long)
+        running = torch.ones(batch, dtype=torch.bool)
+        for layer in range(1, num_layers):
+            stop = self.decide(layer, {k: v[:, layer - 1] for k, v in trace.items()}) & running
+            exits[stop] = layer
+            running &= ~stop
+        return exits
+
+
+def _threshold_at(threshold: float | Sequence[float], layer: int) -> float:
+    if isinstance(threshold, (int, float)):
+        return float(threshold)
+    return float(threshold[layer - 1])
+
+
+@dataclass
+class Entropy(Policy):
+    """DAISY: exit once head entropy (nats) falls to the threshold (one value, or one per layer)."""
+
+    threshold: float | list[float]
+    min_layer: int = 1
+    name = "entropy"
+    needs = "entropy"
+
+    def decide(self, layer, scores):
+        below = scores["entropy"] <= _threshold_at(self.threshold, layer)
+        return below & (layer >= self.min_layer)
+
+
+@dataclass
+class Confidence(Policy):
+    """Exit once the head's mean max-posterior reaches the threshold."""
+
+    threshold: float
+    min_layer: int = 1
+    name = "confidence"
+    needs = "confidence"
+
+    def decide(self, layer, scores):
+        return (scores["confidence"] >= self.threshold) & (layer >= self.min_layer)
+
+
+@dataclass
+class Fixed(Policy):
+    """Always exit at `layer` (plain truncation)."""
+
+    layer: int
+    name = "fixed"
+    needs = "entropy"
+
+    def __post_init__(self):
+        if self.layer < 1:
+            raise ValueError(f"fixed exit layer must be >= 1 (layers are 1-based), got {self.layer}")
+
+    def decide(self, layer, scores):
+        return torch.full_like(scores["entropy"], layer >= self.layer, dtype=torch.bool)
+
+
+@dataclass
+class Oracle(Policy):
+    """Exit once the true head loss against known targets falls to the threshold (analysis only)."""
+
+    threshold: float
+    name = "oracle"
+    needs = "loss"
+
+    def decide(self, layer, scores):
+        if "loss" not in scores:
+            raise ValueError("the oracle policy needs targets: pass targets= to the model or trace")
+        return scores["loss"] <= self.threshold
+
+
+@dataclass
+class Budget(Entropy):
+    """Entropy thresholds calibrated on held-out audio (`calibrate_budget`) to a target mean depth."""
+
+    target_depth: float = 0.0
+    name = "budget"
+
+
+def calibrate_budget(entropy: torch.Tensor, target_depth: float, per_layer: bool = False) -> Budget:
+    """Entropy thresholds whose mean exit depth on held-out traces `entropy` (N, L) is closest to
+    `target_depth` (in layers) from below.
+
+    One shared threshold is found by bisection over the observed entropies (mean depth falls
+    monotonically as the threshold rises). `per_layer` instead uses, at every layer, the same
+    quantile of that layer's entropies, which balances exits across layers.
+    """
+    num_layers = entropy.shape[1]
+    if not 1 <= target_depth <= num_layers:
+        raise ValueError(f"target depth {target_depth} outside 1..{num_layers}")
+    trace = {"entropy": entropy}
+
+    def policy_for(q: float) -> Budget:
+        if per_layer:
+            return Budget(threshold=torch.quantile(entropy, q, dim=0).tolist(), target_depth=target_depth)
+        return Budget(threshold=float(torch.quantile(entropy.flatten(), q)), target_depth=target_depth)
+
+    def depth(q: float) -> float:
+        return policy_for(q).exit_layers(trace).float().mean().item()
+
+    lo, hi = 0.0, 1.0  # quantile 0 exits almost nobody early, 1 exits everyone at layer 1
+    if depth(lo) <= target_depth:
+        return policy_for(lo)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if depth(mid) > target_depth:
+            lo = mid
+        else:
+            hi = mid
+    return policy_for(hi)
+
+
+POLICIES = {cls.name: cls for cls in (Entropy, Budget, Confidence, Fixed, Oracle)}
+
+
+def policy_from_dict(spec: dict) -> Policy:
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return POLICIES[name](**spec)

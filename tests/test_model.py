@@ -1,0 +1,158 @@
+"""EarlyExitHubert: compaction, batch invariance, the offline trace path, persistence."""
+
+import pytest
+import torch
+
+from conftest import padded_batch, random_early_exit, varied_batch
+from daisy import policies
+from daisy.model import EarlyExitHubert
+
+
+def median_threshold(model, wavs, lengths):
+    """An entropy threshold that lets some utterances exit at layer 1 and not others, far from every
+    observed score (so rounding in batched vs single runs cannot flip a decision): the middle of the
+    widest gap between the sorted layer-1 scores, away from the extremes."""
+    with torch.no_grad():
+        entropy = model.trace(wavs, lengths).scores["entropy"]
+    values = entropy[:, 0].sort().values
+    middle = values[1:-1]
+    gap = int((middle[1:] - middle[:-1]).argmax())
+    return float(middle[gap] + middle[gap + 1]) / 2
+
+
+def test_fixed_at_last_layer_equals_the_backbone():
+    model = random_early_exit()
+    wavs, lengths = varied_batch(4)
+    model.policy = policies.Fixed(layer=model.num_layers)
+    with torch.no_grad():
+        out = model(wavs, lengths)
+        expected = model.backbone.hidden_states(wavs, lengths)
+    assert out.exit_layers.tolist() == [3] * 4
+    for a, b in zip(out.hidden_states, expected):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(out.last_hidden_state, expected[-1])
+    assert out.scores == {}  # a fixed exit runs no head
+
+
+def test_fixed_exit_truncates_and_repeats_the_exit_state():
+    model = random_early_exit()
+    wavs, lengths = varied_batch(3)
+    model.policy = policies.Fixed(layer=2)
+    with torch.no_grad():
+        out = model(wavs, lengths)
+        expected = model.backbone.hidden_states(wavs, lengths, num_layers=2)
+    assert out.exit_layers.tolist() == [2, 2, 2]
+    torch.testing.assert_close(out.hidden_states[2], expected[2])
+    torch.testing.assert_close(out.hidden_states[3], expected[2])
+    torch.testing.assert_close(out.last_hidden_state, expected[2])
+
+
+@pytest.mark.parametrize(
+    "stable,norm,head_input", [(False, "layer", "ffn"), (True, "layer", "output"), (False, "group", "ffn")]
+)
+def test_outputs_do_not_depend_on_batch_mates(stable, norm, head_input):
+    model = random_early_exit(stable=stable, norm=norm, head_input=head_input)
+    wavs, lengths = varied_batch(8)
+    model.policy = policies.Entropy(threshold=median_threshold(model, wavs, lengths))
+    with torch.no_grad():
+        batched = model(wavs, lengths)
+        assert len(set(batched.exit_layers.tolist())) > 1, "test needs varied exits"
+        frames = batched.lengths.tolist()
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(wavs[i : i + 1, :n])
+            assert alone.exit_layers.item() == batched.exit_layers[i].item()
+            for a, b in zip(alone.hidden_states, batched.hidden_states):
+                torch.testing.assert_close(a[0, : frames[i]], b[i, : frames[i]], atol=1e-5, rtol=0)
+            for name, s in alone.scores.items():
+                torch.testing.assert_close(s[0], batched.scores[name][i], atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_live_path_equals_policy_applied_to_the_trace():
+    model = random_early_exit()
+    wavs, lengths = varied_batch(8, seed=1)
+    threshold = median_threshold(model, wavs, lengths)
+    for policy in [
+        policies.Entropy(threshold=threshold),
+        policies.Confidence(threshold=0.5),
+        policies.Entropy(threshold=[threshold - 0.2, threshold + 0.1, 0.0]),
+        policies.Fixed(layer=1),
+    ]:
+        model.policy = policy
+        with torch.no_grad():
+            live = model(wavs, lengths)
+            trace = model.trace(wavs, lengths)
+        exits = policy.exit_layers(trace.scores)
+        assert exits.tolist() == live.exit_layers.tolist()
+        offline = trace.select(exits)
+        for i, n in enumerate(live.lengths.tolist()):
+            for a, b in zip(live.hidden_states, offline.hidden_states):
+                torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                live.last_hidden_state[i, :n], offline.last_hidden_state[i, :n], atol=1e-5, rtol=0
+            )
+        if live.scores:
+            torch.testing.assert_close(live.scores["entropy"], offline.scores["entropy"], equal_nan=True)
+
+
+def test_compaction_runs_each_layer_only_on_utterances_still_running():
+    model = random_early_exit()
+    wavs, lengths = varied_batch(8, seed=2)
+    model.policy = policies.Entropy(threshold=median_threshold(model, wavs, lengths))
+    seen = []
+    original = model.backbone.layer
+
+    def spy(i, x, mask, *args, **kwargs):
+        seen.append((i, x.shape[0], x.shape[1], int(mask.sum(1).max())))
+        return original(i, x, mask, *args, **kwargs)
+
+    model.backbone.layer = spy
+    with torch.no_grad():
+        out = model(wavs, lengths)
+    for i, rows, width, longest in seen:
+        assert rows == int((out.exit_layers >= i).sum())
+        assert width == longest  # time axis trimmed to the longest utterance still running
+
+
+def test_oracle_policy_reads_the_true_loss_and_needs_targets():
+    model = random_early_exit()
+    wavs, lengths = varied_batch(4)
+    model.policy = policies.Oracle(threshold=1.0)
+    with pytest.raises(ValueError, match="needs targets"):
+        model(wavs, lengths)
+    targets = torch.zeros(4, 40, dtype=torch.long)
+    with torch.no_grad():
+        out = model(wavs, lengths, targets=targets)
+        trace = model.trace(wavs, lengths, targets=targets)
+    assert out.exit_layers.tolist() == policies.Oracle(threshold=1.0).exit_layers(trace.scores).tolist()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = random_early_exit()
+    model.policy = policies.Entropy(threshold=[1.0, 2.0, 3.0], min_layer=2)
+    model.save_pretrained(tmp_path / "m")
+    loaded = EarlyExitHubert.from_pretrained(tmp_path / "m")
+    assert loaded.policy == model.policy
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "daisy.json",
+        "heads.safetensors",
+        "model.safetensors",
+    ]
+    wavs, lengths = varied_batch(3)
+    with torch.no_grad():
+        a, b = model(wavs, lengths), loaded(wavs, lengths)
+    assert a.exit_layers.tolist() == b.exit_layers.tolist()
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state)
+
+
+def test_loading_a_plain_backbone_dir_says_what_is_missing(tmp_path):
+    model = random_early_exit()
+    model.backbone.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no daisy.json"):
+        EarlyExitHubert.from_pretrained(tmp_path)
+
+
+def test_bad_input_reaches_the_user_as_value_error():
+    model = random_early_exit()
+    with pytest.raises(ValueError, match="utterance 0 has 100 samples"):
+        model(*padded_batch([100]))

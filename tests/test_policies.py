@@ -1,0 +1,66 @@
+"""Exit policies as pure functions of scores."""
+
+import pytest
+import torch
+
+from daisy import policies
+
+# 4 utterances x 4 layers of entropies (nats)
+ENTROPY = torch.tensor(
+    [
+        [0.5, 0.4, 0.3, 0.2],  # confident from layer 1
+        [2.0, 0.9, 0.5, 0.1],  # crosses 1.0 at layer 2
+        [2.0, 1.8, 1.5, 1.2],  # never below 1.0: runs to the end
+        [1.5, 1.2, 0.8, 0.6],  # crosses at layer 3
+    ]
+)
+
+
+def test_entropy_threshold_exits_at_the_first_layer_below():
+    assert policies.Entropy(threshold=1.0).exit_layers({"entropy": ENTROPY}).tolist() == [1, 2, 4, 3]
+
+
+def test_per_layer_thresholds_and_min_layer():
+    per_layer = policies.Entropy(threshold=[0.1, 1.0, 1.0, 0.0])
+    assert per_layer.exit_layers({"entropy": ENTROPY}).tolist() == [2, 2, 4, 3]
+    late = policies.Entropy(threshold=1.0, min_layer=3)
+    assert late.exit_layers({"entropy": ENTROPY}).tolist() == [3, 3, 4, 3]
+
+
+def test_the_last_layer_always_exits():
+    assert policies.Entropy(threshold=-1.0).exit_layers({"entropy": ENTROPY}).tolist() == [4, 4, 4, 4]
+
+
+def test_fixed_confidence_and_oracle():
+    assert policies.Fixed(layer=2).exit_layers({"entropy": ENTROPY}).tolist() == [2, 2, 2, 2]
+    confidence = torch.tensor([[0.9, 0.9, 0.9, 0.9], [0.1, 0.2, 0.7, 0.8], [0.1, 0.1, 0.1, 0.1], [0.5, 0.6, 0.6, 0.6]])
+    assert policies.Confidence(threshold=0.6).exit_layers({"confidence": confidence}).tolist() == [1, 3, 4, 2]
+    assert policies.Oracle(threshold=1.0).exit_layers({"loss": ENTROPY}).tolist() == [1, 2, 4, 3]
+    with pytest.raises(ValueError, match="layers are 1-based"):
+        policies.Fixed(layer=0)
+
+
+def test_budget_calibration_reaches_the_target_depth_from_below():
+    torch.manual_seed(0)
+    entropy = torch.rand(200, 6).cumsum(1).flip(1)  # falls with depth, like trained heads
+    for target in [1.5, 3.0, 4.5]:
+        for per_layer in (False, True):
+            budget = policies.calibrate_budget(entropy, target, per_layer=per_layer)
+            depth = budget.exit_layers({"entropy": entropy}).float().mean().item()
+            assert target - 0.25 <= depth <= target, (target, per_layer, depth)
+            assert budget.target_depth == target
+    with pytest.raises(ValueError, match="outside 1..6"):
+        policies.calibrate_budget(entropy, 7.0)
+
+
+def test_policies_round_trip_through_dicts():
+    for policy in [
+        policies.Entropy(threshold=[1.0, 2.0]),
+        policies.Fixed(layer=3),
+        policies.Confidence(0.7),
+        policies.Oracle(2.0),
+        policies.Budget(threshold=1.5, target_depth=3.0),
+    ]:
+        assert policies.policy_from_dict(policy.to_dict()) == policy
+    with pytest.raises(ValueError, match="unknown policy 'magic'"):
+        policies.policy_from_dict({"name": "magic"})
