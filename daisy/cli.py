@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -14,6 +15,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+out = Console()
+
+DATA_HELP = "'synthetic' (the embedded corpus), a corpus folder with manifest.jsonl, or a folder of audio files"
 
 
 @app.callback()
@@ -30,6 +34,18 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _policy(policy: str | None, threshold: float | None, layer: int | None):
+    from daisy import policies
+
+    if layer is not None:
+        return policies.Fixed(layer=layer)
+    if policy is None:
+        return None
+    if threshold is None:
+        fail(f"--policy {policy} needs --threshold")
+    return policies.policy_from_dict({"name": policy, "threshold": threshold})
+
+
 @app.command()
 def info(model: Path = typer.Argument(..., help="HuBERT checkpoint: model directory or s3prl-converted file")):
     """Load a checkpoint and print its geometry."""
@@ -40,16 +56,156 @@ def info(model: Path = typer.Argument(..., help="HuBERT checkpoint: model direct
     except (OSError, ValueError) as e:
         fail(str(e))
     c = backbone.config
-    print(
+    out.print(
         f"{model}: {backbone.num_layers} layers x {backbone.hidden_size}, "
         f"{'pre' if c.do_stable_layer_norm else 'post'}-norm, conv front-end norm: {c.feat_extract_norm}, "
-        f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters"
+        f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters",
+        highlight=False,
     )
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), help="output folder")):
+def corpus(
+    root: Path = typer.Option(None, help="cache folder (default $DAISY_CACHE/corpus or ~/.cache/daisy/corpus)"),
+    quick: bool = typer.Option(False, help="the small corpus used by tests"),
+):
+    """Synthesise the embedded corpus (or find it cached) and print its folder."""
+    from daisy.data.corpus import CorpusConfig, build_corpus
+    from daisy.data.sources import default_cache
+
+    folder = build_corpus(root or default_cache() / "corpus", CorpusConfig.quick() if quick else CorpusConfig())
+    out.print(str(folder))
+
+
+@app.command()
+def pretrain(
+    out_dir: Path = typer.Option(..., "--out", help="run folder: checkpoints, log, and the exported model/"),
+    data: str = typer.Option("synthetic", help=DATA_HELP),
+    quick: bool = typer.Option(False, help="minutes on 2 CPU cores, for tests"),
+    steps: int = typer.Option(None, help="total optimiser steps (default: the config's)"),
+    config_json: Path = typer.Option(None, "--config", help="JSON file of PretrainConfig fields"),
+    noise_prob: float = typer.Option(None, help="denoising pretraining: share of inputs with noise mixed in"),
+    time_limit: float = typer.Option(None, help="stop (with a checkpoint) after this many minutes; rerun resumes"),
+    device: str = typer.Option("cpu"),
+):
+    """HuBERT masked-prediction pretraining from scratch; resumes from out/checkpoint.pt."""
+    from daisy.data.sources import utterances
+    from daisy.pretrain import PretrainConfig
+    from daisy.pretrain import pretrain as run
+
+    config = PretrainConfig.quick() if quick else PretrainConfig()
+    if config_json:
+        config = PretrainConfig(**{**config.__dict__, **json.loads(config_json.read_text())})
+    if steps:
+        config.steps = steps
+    if noise_prob is not None:
+        config.noise_prob = noise_prob
+    try:
+        utts = utterances(data, split="train", quick=quick)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    result = run(utts, out_dir, config, device=device, time_limit=time_limit * 60 if time_limit else None)
+    out.print(f"model: {result}" if result else f"stopped early; rerun to resume from {out_dir}/checkpoint.pt")
+
+
+@app.command("train-heads")
+def train_heads_cmd(
+    model: Path = typer.Option(..., help="pretrained model: daisy pretrain output, HF HuBERT dir or s3prl .pt"),
+    out_dir: Path = typer.Option(..., "--out", help="the daisy model directory to write"),
+    data: str = typer.Option("synthetic", help=DATA_HELP),
+    quick: bool = typer.Option(False),
+    steps: int = typer.Option(None),
+    head_input: str = typer.Option("ffn", help="'ffn' (DAISY's before-norm) or 'output'"),
+    noise_prob: float = typer.Option(0.0, help="share of training inputs with noise mixed in"),
+    targets_from: str = typer.Option("input", help="'input' (DAISY) or 'clean'"),
+    classes: int = typer.Option(100, help="k-means K where the model has no pretraining head"),
+    depth: float = typer.Option(None, help="calibrate the entropy policy to this mean depth (default 60 % of L)"),
+):
+    """Train DAISY's per-layer exit heads with the backbone frozen, then calibrate on the dev split."""
+    from daisy.data.sources import load_all, utterances
+    from daisy.pipeline import calibrate_model, prepare_model
+    from daisy.train_heads import HeadTrainConfig, train_heads
+
+    config = HeadTrainConfig.quick() if quick else HeadTrainConfig()
+    config.steps = steps or config.steps
+    config.noise_prob, config.targets_from = noise_prob, targets_from
+    try:
+        train = load_all(utterances(data, "train", quick))
+        dev = load_all(utterances(data, "dev", quick)) or train[:50]
+        early = prepare_model(model, head_input=head_input, classes=classes, wavs=train)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    train_heads(early, train, out_dir, config)
+    calibrate_model(early, dev, depth or 0.6 * early.num_layers)
+    early.save_pretrained(out_dir / "model")
+    out.print(f"daisy model: {out_dir / 'model'} (policy {early.policy.to_dict()})", highlight=False)
+
+
+@app.command()
+def calibrate(
+    model: Path = typer.Option(..., help="daisy model directory (rewritten in place)"),
+    data: str = typer.Option("synthetic", help=DATA_HELP),
+    depth: float = typer.Option(None, help="target mean exit depth in layers"),
+    compute: float = typer.Option(None, help="target share of full-model compute (0..1), instead of --depth"),
+    per_layer: bool = typer.Option(False, help="one threshold per layer (same quantile) instead of one shared"),
+    quick: bool = typer.Option(False),
+):
+    """Fit entropy thresholds on held-out audio to a depth or compute budget; saved into daisy.json."""
+    from daisy.compute import depth_for_share
+    from daisy.data.sources import load_all, utterances
+    from daisy.model import EarlyExitHubert
+    from daisy.pipeline import calibrate_model
+
+    if (depth is None) == (compute is None):
+        fail("give exactly one of --depth or --compute")
+    try:
+        early = EarlyExitHubert.from_pretrained(model)
+        wavs = load_all(utterances(data, "dev", quick) or utterances(data, None, quick))
+        if compute is not None:
+            depth = depth_for_share(early.backbone.config, compute)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    calibrate_model(early, wavs, depth, per_layer=per_layer)
+    early.save_pretrained(model)
+    out.print(f"{model}: {early.policy.to_dict()}", highlight=False)
+
+
+@app.command("exit")
+def exit_cmd(
+    files: list[Path] = typer.Argument(..., help="audio files"),
+    model: Path = typer.Option(..., help="daisy model directory"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list instead of lines"),
+    policy: str = typer.Option(None, help="override the model's policy: entropy, confidence"),
+    threshold: float = typer.Option(None, help="threshold for --policy"),
+    layer: int = typer.Option(None, help="fixed exit layer (overrides --policy)"),
+):
+    """Run early exit on audio files and print each file's exit layer."""
+    from daisy.pipeline import exit_files
+
+    try:
+        from daisy.model import EarlyExitHubert
+
+        early = EarlyExitHubert.from_pretrained(model)
+        chosen = _policy(policy, threshold, layer)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    if chosen is not None:
+        early.policy = chosen
+    results, errors = exit_files(early, files)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:  # plain lines, never wrapped, for pipes
+        for r in results:
+            typer.echo(f"{r['path']}\texit layer {r['exit_layer']}/{r['num_layers']}\t{r['seconds']:.2f} s")
+    for message in errors:
+        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    if errors:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="output folder")):
     """The main job on the embedded default (currently: build, save, reload and run a tiny HuBERT)."""
     from daisy.demo import run_demo
 
-    run_demo(out)
+    run_demo(out_dir)

@@ -104,10 +104,12 @@ class EarlyExitHubert(nn.Module):
 
     @classmethod
     def from_backbone(
-        cls, backbone: HubertBackbone, num_classes: int, teacher: TeacherHead | None = None, **config
+        cls, backbone: HubertBackbone, num_classes: int, teacher: TeacherHead | None = None, seed: int = 0, **config
     ) -> EarlyExitHubert:
-        """Fresh (untrained) heads on a backbone."""
-        heads = ExitHeads(backbone.num_layers, backbone.hidden_size, num_classes)
+        """Fresh (untrained) heads on a backbone, initialised from `seed` (reproducible runs)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            heads = ExitHeads(backbone.num_layers, backbone.hidden_size, num_classes)
         return cls(backbone, heads, DaisyConfig(num_classes=num_classes, **config), teacher=teacher)
 
     # -- running ----------------------------------------------------------------------------------

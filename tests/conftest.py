@@ -65,3 +65,12 @@ def varied_batch(n=8, seed=0):
         wavs[i, :n_i] *= float(torch.rand((), generator=g)) * 3
         wavs[i, :n_i] += 0.5 * torch.sin(2 * torch.pi * (100 + 300 * i) * t)
     return wavs, lengths_t
+
+
+@pytest.fixture(scope="session")
+def quick_corpus(tmp_path_factory):
+    """The quick synthetic corpus, built once per test session in a private cache."""
+    from daisy.data.corpus import CorpusConfig, build_corpus
+
+    pytest.importorskip("espeakng_loader", reason="espeak-ng wheel not installed")
+    return build_corpus(tmp_path_factory.mktemp("cache"), CorpusConfig.quick())

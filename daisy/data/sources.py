@@ -1,0 +1,39 @@
+"""Where audio comes from: the synthetic corpus, a corpus folder with a manifest, or a folder of wavs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from daisy.audio import load
+from daisy.data.corpus import CorpusConfig, Utterance, build_corpus, load_manifest
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("DAISY_CACHE", Path.home() / ".cache" / "daisy"))
+
+
+def utterances(source: str | Path, split: str | None = None, quick: bool = False) -> list[Utterance]:
+    """`synthetic` (built or reused under $DAISY_CACHE), a folder with manifest.jsonl, or a folder
+    searched recursively for audio files (all counted as split `train`)."""
+    if str(source) == "synthetic":
+        source = build_corpus(default_cache() / "corpus", CorpusConfig.quick() if quick else CorpusConfig())
+    folder = Path(source)
+    if (folder / "manifest.jsonl").is_file():
+        return load_manifest(folder, split)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder}: no such folder (expected 'synthetic', a corpus folder or a folder of audio)"
+        )
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
+    return [Utterance(p.stem, p, "", "", "train", 0) for p in files]
+
+
+def load_all(utts: list[Utterance], min_samples: int = 400) -> list[np.ndarray]:
+    return [load(u.path, min_samples=min_samples) for u in utts]

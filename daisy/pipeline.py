@@ -1,0 +1,115 @@
+"""Glue between data and models that several commands share: preparing, tracing, calibrating, exiting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from daisy import policies
+from daisy.audio import AudioError, load
+from daisy.model import EarlyExitHubert, load_teacher
+from daisy.targets import KMeansTargets, TeacherHead
+from daisy.upstream import HubertBackbone
+
+
+def batches(wavs: list[np.ndarray], batch_size: int = 8) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(indices, padded (B, T), lengths) over `wavs`, grouped by length so padding stays small."""
+    order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        lengths = torch.tensor([len(wavs[i]) for i in idx])
+        padded = torch.zeros(len(idx), int(lengths.max()))
+        for row, i in enumerate(idx):
+            padded[row, : len(wavs[i])] = torch.from_numpy(np.asarray(wavs[i], dtype=np.float32))
+        yield idx, padded, lengths
+
+
+@torch.no_grad()
+def trace_scores(model: EarlyExitHubert, wavs: list[np.ndarray], batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Every head's scores for every utterance: name -> (N, L), in the order of `wavs`."""
+    out: dict[str, torch.Tensor] = {}
+    for idx, padded, lengths in batches(wavs, batch_size):
+        trace = model.trace(padded, lengths)
+        for name, value in trace.scores.items():
+            out.setdefault(name, torch.zeros(len(wavs), model.num_layers))[idx] = value
+    return out
+
+
+def calibrate_model(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, per_layer: bool = False):
+    """Set `model.policy` to entropy thresholds that reach mean exit `depth` on `wavs`."""
+    entropy = trace_scores(model, wavs)["entropy"]
+    model.policy = policies.calibrate_budget(entropy, depth, per_layer=per_layer)
+    model.config.provenance["calibration"] = {"utterances": len(wavs), "target_depth": depth, "per_layer": per_layer}
+    return model.policy
+
+
+def prepare_model(
+    path: str | Path, head_input: str = "ffn", classes: int = 100, wavs: list[np.ndarray] | None = None
+) -> EarlyExitHubert:
+    """An EarlyExitHubert with fresh heads on the backbone at `path`, with the best targets it allows:
+    its own pretraining head (teacher) where it has one, else MFCC k-means fitted on `wavs`."""
+    path = Path(path)
+    if (path / "daisy.json").is_file():
+        return EarlyExitHubert.from_pretrained(path)
+    backbone = HubertBackbone.from_pretrained(path)
+    teacher = None
+    if path.is_dir():
+        teacher = load_teacher(path / "teacher_head.safetensors")
+    else:
+        from daisy.upstream.checkpoints import read_s3prl_checkpoint
+
+        converted = read_s3prl_checkpoint(path)
+        if converted.pretraining_head:
+            teacher = TeacherHead.from_fairseq(converted.pretraining_head, converted.num_classes)
+    provenance = {"base_model": str(path)}
+    if teacher is not None:
+        return EarlyExitHubert.from_backbone(
+            backbone,
+            teacher.num_classes,
+            teacher=teacher,
+            head_input=head_input,
+            targets="teacher",
+            provenance=provenance,
+        )
+    if not wavs:
+        raise ValueError(f"{path} has no pretraining head: k-means targets need audio to fit on")
+    model = EarlyExitHubert.from_backbone(
+        backbone, classes, head_input=head_input, targets="kmeans", provenance=provenance
+    )
+    model.kmeans = fit_mfcc_kmeans(wavs, classes)
+    return model
+
+
+def fit_mfcc_kmeans(wavs: list[np.ndarray], k: int, max_frames: int = 200_000, seed: int = 0) -> KMeansTargets:
+    from daisy.features import mfcc
+
+    feats = torch.cat([mfcc(torch.from_numpy(w)) for w in wavs]).numpy()
+    rng = np.random.default_rng(seed)
+    sample = feats[rng.choice(len(feats), size=min(max_frames, len(feats)), replace=False)]
+    return KMeansTargets.fit(sample, k, features="mfcc", seed=seed)
+
+
+@torch.no_grad()
+def exit_files(model: EarlyExitHubert, files: list[Path]) -> tuple[list[dict], list[str]]:
+    """Each readable file's exit layer (run alone: batch 1), and one message per unreadable file."""
+    results, errors = [], []
+    for path in files:
+        try:
+            wav = load(path, min_samples=model.backbone.min_samples)
+        except AudioError as e:
+            errors.append(str(e))
+            continue
+        out = model(torch.from_numpy(wav)[None], output_hidden_states=False)
+        results.append(
+            {
+                "path": str(path),
+                "exit_layer": int(out.exit_layers[0]),
+                "num_layers": model.num_layers,
+                "seconds": len(wav) / 16000,
+                "frames": int(out.lengths[0]),
+            }
+        )
+    return results, errors

@@ -1,0 +1,293 @@
+"""HuBERT masked-prediction pretraining from scratch (`daisy pretrain`).
+
+Iteration 1 predicts k-means clusters of MFCC frames (iteration 2: of a layer of iteration 1's
+model). Span masking (HuBERT's mask_prob 0.8 over span starts, length 10, through transformers'
+`_compute_mask_indices`), loss on masked frames only, cosine logits / 0.1 against label embeddings
+(`TeacherHead`), AdamW with linear warm-up and decay, conv front-end gradients scaled by 0.1.
+Optional denoising: noise mixed into the input at a random SNR while targets stay those of the clean
+audio (as WavLM does).
+
+Every step draws its batch, crops, masks and dropout from RNGs seeded by (seed, step, rank), so a run
+resumed from a checkpoint continues exactly as an uninterrupted one. Checkpoints are atomic. DDP
+through `torchrun` (gloo on CPU, nccl on GPU); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from torch import nn
+from transformers import HubertModel
+from transformers.models.hubert.modeling_hubert import _compute_mask_indices
+
+from daisy.data.corpus import Utterance
+from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
+from daisy.features import mfcc
+from daisy.io import atomic_dir, atomic_path, write_json
+from daisy.progress import progress
+from daisy.targets import KMeansTargets, TeacherHead
+from daisy.upstream import preset_config
+
+HOP, WINDOW = 320, 400
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "tiny"
+    overrides: dict = field(default_factory=lambda: {"layerdrop": 0.05})
+    num_classes: int = 100
+    label_features: str = "mfcc"  # or "layer:<l>" of `label_model` (iteration 2)
+    label_model: str | None = None
+    kmeans_frames: int = 200_000
+    steps: int = 20_000
+    batch_size: int = 8
+    crop_seconds: float = 2.0
+    lr: float = 5e-4
+    warmup: int = 1_000
+    weight_decay: float = 0.01
+    mask_prob: float = 0.8
+    mask_length: int = 10
+    feature_grad_mult: float = 0.1
+    temperature: float = 0.1
+    noise_prob: float = 0.0
+    snr_range: tuple[float, float] = (-5.0, 20.0)
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> PretrainConfig:
+        """Minutes on 2 CPU cores: a narrower tiny model, few steps. For tests and `--quick`."""
+        return cls(
+            overrides={
+                "hidden_size": 128,
+                "intermediate_size": 512,
+                "num_attention_heads": 2,
+                "conv_dim": (64,) * 7,
+                "num_hidden_layers": 4,
+                "classifier_proj_size": 64,
+                "layerdrop": 0.0,
+            },
+            num_classes=50,
+            kmeans_frames=50_000,
+            steps=200,
+            warmup=50,
+            lr=1e-3,
+            checkpoint_every=100,
+        )
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+class MaskedPredictionModel(nn.Module):
+    """HubertModel + its masked-prediction head; forward returns (loss, masked accuracy)."""
+
+    def __init__(self, config: PretrainConfig, num_classes: int):
+        super().__init__()
+        hf_config = preset_config(config.preset, **config.overrides)
+        self.hubert = HubertModel(hf_config)
+        self.head = TeacherHead(hf_config.hidden_size, hf_config.classifier_proj_size, num_classes, config.temperature)
+        mult = config.feature_grad_mult
+        if mult != 1.0:  # HuBERT's feature_grad_mult: the conv front-end learns slower
+            self.hubert.feature_extractor.register_forward_hook(lambda m, a, out: _ScaleGrad.apply(out, mult))
+
+    def forward(self, wavs, lengths, labels, mask):
+        attention = (torch.arange(wavs.shape[1], device=wavs.device)[None] < lengths[:, None]).long()
+        hidden = self.hubert(wavs, attention_mask=attention, mask_time_indices=mask).last_hidden_state
+        picked = mask & (labels >= 0)
+        logits = self.head.logits(hidden[picked])
+        target = labels[picked]
+        loss = nn.functional.cross_entropy(logits, target)
+        acc = (logits.argmax(-1) == target).float().mean()
+        return loss, acc
+
+
+def frames_for(samples: int) -> int:
+    return (samples - WINDOW) // HOP + 1
+
+
+def fit_labels(wavs: list[np.ndarray], config: PretrainConfig) -> tuple[KMeansTargets, list]:
+    """k-means on a sample of frames, then a label per frame of every utterance."""
+    from daisy.pipeline import fit_mfcc_kmeans
+
+    if config.label_features != "mfcc":
+        raise NotImplementedError("iteration-2 labels (layer features) are not implemented yet")
+    km = fit_mfcc_kmeans(wavs, config.num_classes, config.kmeans_frames, config.seed)
+    return km, [km.assign(mfcc(torch.from_numpy(w))).numpy().astype(np.int16) for w in wavs]
+
+
+def _batch(step: int, rank: int, wavs, labels, config: PretrainConfig, others):
+    """The batch of `step` on `rank`: random utterances, random 320-aligned crops, spans to mask."""
+    rng = np.random.default_rng([config.seed, step, rank])
+    crop = int(config.crop_seconds * 16000)
+    picks = rng.choice(len(wavs), size=config.batch_size, replace=len(wavs) < config.batch_size)
+    chunks, targets = [], []
+    for i in picks:
+        wav, lab = wavs[i], labels[i]
+        n = min(len(wav), crop)
+        start_frame = int(rng.integers(0, (len(wav) - n) // HOP + 1))
+        piece = wav[start_frame * HOP : start_frame * HOP + n]
+        if config.noise_prob and rng.random() < config.noise_prob:
+            kind = NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))]
+            noise = make_noise(kind, len(piece), rng, others)
+            piece = mix_at_snr(piece, noise, float(rng.uniform(*config.snr_range)))
+        chunks.append(piece)
+        targets.append(lab[start_frame : start_frame + frames_for(len(piece))])
+    lengths = torch.tensor([len(c) for c in chunks])
+    batch = torch.zeros(len(chunks), int(lengths.max()))
+    frames = frames_for(batch.shape[1])
+    label_t = torch.full((len(chunks), frames), -1, dtype=torch.long)
+    for j, (c, t) in enumerate(zip(chunks, targets)):
+        batch[j, : len(c)] = torch.from_numpy(c)
+        label_t[j, : len(t)] = torch.from_numpy(t.astype(np.int64))
+    np.random.seed(int(rng.integers(2**31)))  # noqa: NPY002 - transformers' span masking draws from numpy's global RNG
+    frame_mask = (label_t >= 0).long()
+    mask = _compute_mask_indices((len(chunks), frames), config.mask_prob, config.mask_length, frame_mask, 2)
+    return batch, lengths, label_t, torch.from_numpy(mask) & (label_t >= 0)
+
+
+def _lr_lambda(config: PretrainConfig):
+    def f(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        return max(0.0, (config.steps - step) / max(1, config.steps - config.warmup))
+
+    return f
+
+
+def pretrain(
+    corpus: list[Utterance],
+    out: str | Path,
+    config: PretrainConfig,
+    device: str = "cpu",
+    stop_after: int | None = None,
+    time_limit: float | None = None,
+) -> Path | None:
+    """Train (or resume) under `out`; returns the exported model directory `out/model`.
+
+    `stop_after` steps or `time_limit` seconds end this run early with a checkpoint (returns None);
+    running again resumes.
+    """
+    out = Path(out)
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    wavs = [u.load() for u in corpus]
+    label_file = out / "labels.npz"
+    if label_file.is_file():
+        stored = np.load(label_file)
+        labels = [stored[f"u{i}"] for i in range(len(wavs))]
+        km = KMeansTargets.load(out / "kmeans.safetensors")
+    else:
+        km, labels = fit_labels(wavs, config)
+        if rank == 0:
+            km.save(out / "kmeans.safetensors")
+            with atomic_path(label_file, suffix=".npz") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **{f"u{i}": lab for i, lab in enumerate(labels)})
+    torch.manual_seed(config.seed)
+    model = MaskedPredictionModel(config, km.num_classes).to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(config))
+    start, log = 0, []
+    ckpt_file = out / "checkpoint.pt"
+    if ckpt_file.is_file():
+        ckpt = torch.load(ckpt_file, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optim.load_state_dict(ckpt["optim"])
+        sched.load_state_dict(ckpt["sched"])
+        start, log = ckpt["step"], ckpt["log"]
+    trainer = model
+    if world > 1:
+        trainer = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    others = wavs[: min(len(wavs), 64)]
+    model.train()
+    began = time.time()
+    with progress(disable=rank != 0) as bar:
+        task = bar.add_task("pretraining", total=config.steps, completed=start)
+        for step in range(start, config.steps):
+            batch, lengths, labels_t, mask = _batch(step, rank, wavs, labels, config, others)
+            torch.manual_seed(hash((config.seed, step, rank)) % 2**31)  # dropout and layerdrop
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                loss, acc = trainer(batch.to(device), lengths.to(device), labels_t.to(device), mask.to(device))
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optim.step()
+            sched.step()
+            log.append({"step": step + 1, "loss": round(loss.item(), 4), "masked_acc": round(acc.item(), 4)})
+            bar.update(task, advance=1, description=f"pretraining loss {loss.item():.3f} acc {acc.item():.2f}")
+            done = step + 1
+            interrupted = (stop_after is not None and done - start >= stop_after) or (
+                time_limit is not None and time.time() - began > time_limit
+            )
+            if world > 1:  # every rank must stop at the same step
+                flag = torch.tensor(float(interrupted), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                interrupted = bool(flag.item())
+            if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps or interrupted):
+                _checkpoint(ckpt_file, model, optim, sched, done, log, config, time.time() - began)
+            if interrupted:
+                return None
+    if rank == 0:
+        export(model, km, config, out / "model", log)
+    if world > 1:
+        dist.barrier()
+    return out / "model"
+
+
+def _checkpoint(path, model, optim, sched, step, log, config, seconds):
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optim": optim.state_dict(),
+                "sched": sched.state_dict(),
+                "step": step,
+                "log": log,
+                "config": asdict(config),
+            },
+            tmp,
+        )
+    write_json(path.parent / "log.json", {"config": asdict(config), "seconds_this_run": seconds, "log": log})
+
+
+def export(
+    model: MaskedPredictionModel,
+    km: KMeansTargets,
+    config: PretrainConfig,
+    path: Path,
+    log: list,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """A model directory: transformers HubertModel + teacher head + k-means codebook + provenance."""
+    with atomic_dir(path) as tmp:
+        model.hubert.to(dtype).save_pretrained(tmp)
+        model.hubert.float()
+        head = {k: v.to(dtype).contiguous() for k, v in model.head.state_dict().items()}
+        save_file(head, str(tmp / "teacher_head.safetensors"), metadata={"temperature": str(config.temperature)})
+        km.save(tmp / "kmeans.safetensors")
+        tail = log[-200:]
+        summary = {
+            "steps": len(log),
+            "final_loss": float(np.mean([r["loss"] for r in tail])) if tail else math.nan,
+            "final_masked_acc": float(np.mean([r["masked_acc"] for r in tail])) if tail else math.nan,
+        }
+        (tmp / "pretrain.json").write_text(json.dumps({"config": asdict(config), "summary": summary}, indent=2))

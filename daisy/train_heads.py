@@ -1,0 +1,177 @@
+"""Training DAISY's exit heads with the backbone frozen (`daisy train-heads`).
+
+Each step runs the frozen model on a batch, takes its targets (the teacher's own answer per frame,
+or k-means ids), and trains all heads at once by the sum over layers of the frame-averaged
+cross-entropy over all valid frames (no masking), as DAISY does. Optional noise augmentation mixes
+noise into the input; targets then come from the noisy input itself (DAISY: the model's answer on
+what it hears) or from the clean audio (`targets_from="clean"`).
+
+Batches are drawn from RNGs seeded by (seed, step, rank), so resuming from a checkpoint continues
+exactly. DDP through `torchrun` (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
+from daisy.io import atomic_path, write_json
+from daisy.model import EarlyExitHubert
+from daisy.progress import progress
+
+
+@dataclass
+class HeadTrainConfig:
+    steps: int = 1500
+    batch_size: int = 8
+    crop_seconds: float = 3.0
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    noise_prob: float = 0.0
+    snr_range: tuple[float, float] = (-5.0, 20.0)
+    targets_from: str = "input"  # "input" (DAISY) or "clean"
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.targets_from not in ("input", "clean"):
+            raise ValueError(f"targets_from must be 'input' or 'clean', got {self.targets_from!r}")
+
+    @classmethod
+    def quick(cls) -> HeadTrainConfig:
+        return cls(steps=60, checkpoint_every=30)
+
+
+def _batch(step: int, rank: int, wavs: list[np.ndarray], config: HeadTrainConfig):
+    """(input batch, clean batch, lengths) of random 320-aligned crops, some with noise mixed in."""
+    rng = np.random.default_rng([config.seed, step, rank])
+    crop = int(config.crop_seconds * 16000)
+    picks = rng.choice(len(wavs), size=config.batch_size, replace=len(wavs) < config.batch_size)
+    clean, noisy = [], []
+    for i in picks:
+        wav = wavs[i]
+        n = min(len(wav), crop)
+        start = int(rng.integers(0, (len(wav) - n) // 320 + 1)) * 320
+        piece = wav[start : start + n]
+        clean.append(piece)
+        if config.noise_prob and rng.random() < config.noise_prob:
+            kind = NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))]
+            noise = make_noise(kind, len(piece), rng, wavs[:64])
+            piece = mix_at_snr(piece, noise, float(rng.uniform(*config.snr_range)))
+        noisy.append(piece)
+    lengths = torch.tensor([len(c) for c in clean])
+
+    def pad(chunks):
+        out = torch.zeros(len(chunks), int(lengths.max()))
+        for j, c in enumerate(chunks):
+            out[j, : len(c)] = torch.from_numpy(np.asarray(c, dtype=np.float32))
+        return out
+
+    return pad(noisy), pad(clean), lengths
+
+
+@torch.no_grad()
+def frozen_features(model: EarlyExitHubert, wavs, lengths) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Head inputs of every layer (L tensors (B, T, D)) and the frame mask, backbone frozen."""
+    x, mask = model.embed(wavs, lengths)
+    bias = model.backbone.attention_bias(mask, x.dtype)
+    feats = []
+    for layer in range(1, model.num_layers + 1):
+        x, ffn = model.backbone.layer(layer, x, mask, bias, return_ffn=True)
+        feats.append(ffn if model.config.head_input == "ffn" else x)
+    return feats, mask
+
+
+class HeadObjective(nn.Module):
+    """Sum over layers of the frame-averaged cross-entropy of each head (what DDP wraps)."""
+
+    def __init__(self, heads):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, feats: list[torch.Tensor], valid: torch.Tensor, targets: torch.Tensor):
+        total, stats = 0.0, []
+        target = targets[valid]
+        for layer, f in enumerate(feats, 1):
+            logits = self.heads.logits(layer, f[valid])
+            loss = nn.functional.cross_entropy(logits, target)
+            total = total + loss
+            with torch.no_grad():
+                logp = logits.log_softmax(-1)
+                stats.append(
+                    {
+                        "layer": layer,
+                        "loss": round(loss.item(), 4),
+                        "acc": round((logits.argmax(-1) == target).float().mean().item(), 4),
+                        "entropy": round((-(logp.exp() * logp).sum(-1)).mean().item(), 4),
+                    }
+                )
+        return total, stats
+
+
+def train_heads(
+    model: EarlyExitHubert,
+    wavs: list[np.ndarray],
+    out: str | Path,
+    config: HeadTrainConfig,
+    stop_after: int | None = None,
+) -> EarlyExitHubert:
+    """Train `model.heads` in place on `wavs` (float32 16 kHz arrays); checkpoints and log under `out`."""
+    out = Path(out)
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    model.eval()  # the backbone stays frozen, dropout off; only the heads learn
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    heads = model.heads
+    optim = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=config.steps)
+    ckpt_file, start, log = out / "heads_checkpoint.pt", 0, []
+    if ckpt_file.is_file():
+        ckpt = torch.load(ckpt_file, weights_only=False)
+        heads.load_state_dict(ckpt["heads"])
+        optim.load_state_dict(ckpt["optim"])
+        sched.load_state_dict(ckpt["sched"])
+        start, log = ckpt["step"], ckpt["log"]
+    objective = HeadObjective(heads)
+    trainer = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
+    with progress(disable=rank != 0) as bar:
+        task = bar.add_task("training heads", total=config.steps, completed=start)
+        for step in range(start, config.steps):
+            noisy, clean, lengths = _batch(step, rank, wavs, config)
+            source = clean if config.targets_from == "clean" else noisy
+            targets = model.teacher_targets(source, lengths)
+            feats, mask = frozen_features(model, noisy, lengths)
+            loss, stats = trainer(feats, mask & (targets >= 0), targets)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            log.append({"step": step + 1, "loss": round(loss.item(), 4), "layers": stats})
+            bar.update(task, advance=1, description=f"training heads loss {loss.item():.2f}")
+            done = step + 1
+            interrupted = stop_after is not None and done - start >= stop_after
+            if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps or interrupted):
+                with atomic_path(ckpt_file, suffix=".pt") as tmp:
+                    torch.save(
+                        {
+                            "heads": heads.state_dict(),
+                            "optim": optim.state_dict(),
+                            "sched": sched.state_dict(),
+                            "step": done,
+                            "log": log,
+                        },
+                        tmp,
+                    )
+                write_json(out / "heads_log.json", {"config": asdict(config), "log": log})
+            if interrupted:
+                break
+    return model

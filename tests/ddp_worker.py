@@ -1,0 +1,25 @@
+"""Run under torchrun by test_training.py: heads and pretraining with DDP (gloo), 2 processes."""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from daisy.data.corpus import load_manifest
+from daisy.pretrain import PretrainConfig, pretrain
+from daisy.train_heads import HeadTrainConfig, train_heads
+
+corpus, out = Path(sys.argv[1]), Path(sys.argv[2])
+rank = int(os.environ["RANK"])
+utts = load_manifest(corpus, "train")[:24]
+config = PretrainConfig.quick()
+config.steps, config.checkpoint_every, config.batch_size, config.num_classes = 4, 2, 2, 10
+model_dir = pretrain(utts, out / "pretrain", config)
+
+from daisy.pipeline import prepare_model  # noqa: E402
+
+early = prepare_model(model_dir)
+heads_config = HeadTrainConfig(steps=3, batch_size=2, checkpoint_every=10)
+train_heads(early, [u.load() for u in utts], out / "heads", heads_config)
+torch.save(early.heads.state_dict(), out / f"heads_rank{rank}.pt")

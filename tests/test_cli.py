@@ -1,0 +1,87 @@
+"""The daisy command line: outputs, JSON, one-line errors naming the file, exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import random_early_exit
+from daisy import audio
+from daisy.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    model = random_early_exit()
+    model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.fixture
+def wavs(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, seconds in enumerate([1.0, 2.5]):
+        paths.append(tmp_path / f"utt{i}.wav")
+        audio.save(paths[-1], 0.1 * rng.standard_normal(int(seconds * 16000)))
+    return paths
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("exit", "pretrain", "train-heads", "calibrate", "corpus", "demo", "info"):
+        assert command in result.output
+
+
+def test_exit_prints_a_line_per_file_and_json(model_dir, wavs):
+    result = runner.invoke(app, ["exit", "--model", str(model_dir), *map(str, wavs)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2 and "exit layer" in lines[0] and "2.50 s" in lines[1]
+    result = runner.invoke(app, ["exit", "--model", str(model_dir), "--json", "--layer", "2", *map(str, wavs)])
+    rows = json.loads(result.output)
+    assert [r["exit_layer"] for r in rows] == [2, 2]
+    assert [r["path"] for r in rows] == [str(p) for p in wavs]
+    assert rows[1]["frames"] == (40000 - 400) // 320 + 1
+
+
+def test_bad_files_give_one_line_errors_and_a_nonzero_exit(model_dir, wavs, tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "short.wav").write_bytes(b"")
+    audio.save(tmp_path / "short.wav", np.zeros(100))
+    result = runner.invoke(
+        app,
+        [
+            "exit",
+            "--model",
+            str(model_dir),
+            str(wavs[0]),
+            str(tmp_path / "empty.wav"),
+            str(tmp_path / "short.wav"),
+            str(tmp_path / "missing.wav"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "empty.wav: empty file" in result.output
+    assert "short.wav: too short (100 samples" in result.output
+    assert "missing.wav: no such file" in result.output
+    assert "exit layer" in result.output  # the good file still ran
+
+
+def test_missing_model_is_a_one_line_error(tmp_path, wavs):
+    result = runner.invoke(app, ["exit", "--model", str(tmp_path / "nope"), str(wavs[0])])
+    assert result.exit_code == 1 and "no daisy.json" in result.output and "Traceback" not in result.output
+
+
+def test_calibrate_writes_the_budget_into_the_model(model_dir, tmp_path, wavs):
+    result = runner.invoke(app, ["calibrate", "--model", str(model_dir), "--data", str(tmp_path), "--depth", "2"])
+    assert result.exit_code == 0, result.output
+    policy = json.loads((model_dir / "daisy.json").read_text())["policy"]
+    assert policy["name"] == "budget" and policy["target_depth"] == 2.0
+    result = runner.invoke(app, ["calibrate", "--model", str(model_dir), "--data", str(tmp_path)])
+    assert result.exit_code == 1 and "exactly one of --depth or --compute" in result.output

@@ -1,0 +1,99 @@
+"""Pretraining and head training: learning, exact resume, DDP, and the model directories they write."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from daisy.data.corpus import load_manifest
+from daisy.model import EarlyExitHubert
+from daisy.pipeline import prepare_model
+from daisy.pretrain import PretrainConfig, pretrain
+from daisy.train_heads import HeadTrainConfig, train_heads
+
+
+def small_config(**fields):
+    config = PretrainConfig.quick()
+    config.steps, config.checkpoint_every, config.num_classes, config.batch_size = 6, 3, 12, 4
+    for k, v in fields.items():
+        setattr(config, k, v)
+    return config
+
+
+def test_interrupted_pretraining_resumes_exactly(tmp_path, quick_corpus):
+    utts = load_manifest(quick_corpus, "train")[:30]
+    config = small_config(noise_prob=0.5)
+    straight = pretrain(utts, tmp_path / "a", config)
+    assert pretrain(utts, tmp_path / "b", config, stop_after=3) is None  # "killed" after 3 steps
+    resumed = pretrain(utts, tmp_path / "b", config)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6 and a["log"] == b["log"]
+    for name, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][name], rtol=0, atol=0, msg=name)
+    assert (
+        {p.name for p in straight.iterdir()}
+        == {p.name for p in resumed.iterdir()}
+        == {"config.json", "model.safetensors", "teacher_head.safetensors", "kmeans.safetensors", "pretrain.json"}
+    )
+
+
+def test_pretraining_learns_and_heads_learn_the_teacher(tmp_path, quick_corpus):
+    utts = load_manifest(quick_corpus, "train")
+    config = PretrainConfig.quick()
+    config.steps, config.num_classes = 120, 20
+    model_dir = pretrain(utts, tmp_path / "pt", config)
+    log = json.loads((tmp_path / "pt" / "log.json").read_text())["log"]
+    first, last = np.mean([r["loss"] for r in log[:10]]), np.mean([r["loss"] for r in log[-10:]])
+    assert last < first - 0.3, (first, last)
+
+    early = prepare_model(model_dir)
+    assert early.config.targets == "teacher" and early.config.num_classes == 20
+    wavs = [u.load() for u in utts]
+    train_heads(early, wavs, tmp_path / "heads", HeadTrainConfig(steps=40, checkpoint_every=20))
+    hlog = json.loads((tmp_path / "heads" / "heads_log.json").read_text())["log"]
+    assert np.mean([r["loss"] for r in hlog[-5:]]) < np.mean([r["loss"] for r in hlog[:5]])
+
+    def deep_acc(rows):
+        return np.mean([r["layers"][-1]["acc"] for r in rows])
+
+    # the last layer's head learns to recover the teacher's own argmax
+    assert deep_acc(hlog[-5:]) > deep_acc(hlog[:5]) + 0.15, (deep_acc(hlog[:5]), deep_acc(hlog[-5:]))
+    early.save_pretrained(tmp_path / "daisy")
+    reloaded = EarlyExitHubert.from_pretrained(tmp_path / "daisy")
+    assert reloaded.teacher is not None and reloaded.config.targets == "teacher"
+
+
+def test_head_training_resumes_exactly(tmp_path, quick_corpus):
+    utts = load_manifest(quick_corpus, "train")[:20]
+    wavs = [u.load() for u in utts]
+    pretrained = pretrain(utts, tmp_path / "pt", small_config())
+    config = HeadTrainConfig(steps=6, checkpoint_every=3, batch_size=2)
+    straight = train_heads(prepare_model(pretrained), wavs, tmp_path / "a", config)
+    train_heads(prepare_model(pretrained), wavs, tmp_path / "b", config, stop_after=3)
+    resumed = train_heads(prepare_model(pretrained), wavs, tmp_path / "b", config)
+    for name, value in straight.heads.state_dict().items():
+        torch.testing.assert_close(value, resumed.heads.state_dict()[name], rtol=0, atol=0)
+
+
+def test_ddp_with_two_processes_keeps_ranks_in_sync(tmp_path, quick_corpus):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        os.path.join(os.path.dirname(__file__), "ddp_worker.py"),
+        str(quick_corpus),
+        str(tmp_path),
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "pretrain" / "model" / "model.safetensors").is_file()
+    r0, r1 = (torch.load(tmp_path / f"heads_rank{r}.pt") for r in (0, 1))
+    for name in r0:
+        torch.testing.assert_close(r0[name], r1[name], rtol=0, atol=0)  # gradients were averaged
