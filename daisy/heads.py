@@ -22,9 +22,17 @@ class ExitHeads(nn.Module):
         return self.heads[layer - 1](features)
 
     def scores(
-        self, layer: int, features: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        layer: int,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        which: tuple[str, ...] = ("entropy", "confidence"),
     ) -> dict[str, torch.Tensor]:
-        """features (B, T, D), mask (B, T) valid frames, targets (B, T) class ids -> scores, each (B,)."""
+        """features (B, T, D), mask (B, T) valid frames, targets (B, T) class ids -> scores, each (B,).
+
+        `which` limits the work to the scores a policy reads; `loss` is added whenever targets are given.
+        """
         logp = torch.log_softmax(self.logits(layer, features).float(), dim=-1)
         weights = mask.to(logp.dtype)
         frames = weights.sum(1).clamp_min(1.0)
@@ -32,10 +40,11 @@ class ExitHeads(nn.Module):
         def mean(per_frame: torch.Tensor) -> torch.Tensor:
             return (per_frame * weights).sum(1) / frames
 
-        out = {
-            "entropy": mean(-(logp.exp() * logp).sum(-1)),
-            "confidence": mean(logp.max(-1).values.exp()),
-        }
+        out = {}
+        if "entropy" in which:
+            out["entropy"] = mean(-(logp.exp() * logp).sum(-1))
+        if "confidence" in which:
+            out["confidence"] = mean(logp.max(-1).values.exp())
         if targets is not None:
             picked = logp.gather(-1, targets.clamp_min(0)[..., None].long())[..., 0]
             out["loss"] = mean(-picked)

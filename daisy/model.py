@@ -52,8 +52,9 @@ class DaisyConfig:
 class ExitOutput:
     """exit_layers (B,) in 1..L; lengths (B,) valid frames; last_hidden_state (B, T, D) each
     utterance's exit-layer state; hidden_states: L + 1 tensors (B, T, D) where layers past an
-    utterance's exit repeat its exit state (None unless asked for); scores: name -> (B, L), NaN for
-    layers an utterance did not run."""
+    utterance's exit repeat its exit state (None unless asked for); scores: name -> (B, L) for the
+    scores the policy reads, NaN for layers an utterance did not run and for the last layer (where
+    every utterance exits, so no head runs)."""
 
     exit_layers: torch.Tensor
     lengths: torch.Tensor
@@ -77,7 +78,9 @@ class Trace:
         index = torch.minimum(depth, exit_layers[None, :])  # (L+1, B): past the exit, the exit state
         rows = torch.arange(stacked.shape[1])[None, :]
         states = stacked[index, rows]
-        run = torch.arange(1, stacked.shape[0])[None, :] <= exit_layers[:, None]  # (B, L)
+        # scored layers, as the live path scores them: up to the exit, never the last (it always exits)
+        layers = torch.arange(1, stacked.shape[0])[None, :]
+        run = (layers <= exit_layers[:, None]) & (layers < stacked.shape[0] - 1)
         scores = {k: v.masked_fill(~run, float("nan")) for k, v in self.scores.items()}
         return ExitOutput(exit_layers, self.lengths, states[-1], scores, list(states))
 
@@ -137,18 +140,23 @@ class EarlyExitHubert(nn.Module):
         states = [x] if keep_states else None
         scores: dict[str, torch.Tensor] = {}
         active = torch.arange(batch, device=x.device)
-        # a fixed exit needs no head, so the truncated model runs bare
-        need_scores = policy is None or not isinstance(policy, policies.Fixed) or targets is not None
-        use_ffn = need_scores and self.config.head_input == "ffn"
+        # The live path scores only what the policy reads, and never the last layer (it always exits);
+        # a trace (policy None) scores every head on every layer.
+        if policy is None:
+            which = ("entropy", "confidence")
+        else:
+            which = () if isinstance(policy, policies.Fixed) else (policy.needs,)
+        use_ffn = self.config.head_input == "ffn" and (bool(which) or targets is not None)
         bias = self.backbone.attention_bias(mask, x.dtype)
         for layer in range(1, num_layers + 1):
             if use_ffn:
                 x, feats = self.backbone.layer(layer, x, mask, bias, return_ffn=True)
             else:
                 x = feats = self.backbone.layer(layer, x, mask, bias)
-            if need_scores:
+            score_now = (policy is None or layer < num_layers) and (bool(which) or targets is not None)
+            if score_now:
                 tgt = None if targets is None else targets[active, : x.shape[1]]
-                for name, value in self.heads.scores(layer, feats, mask, tgt).items():
+                for name, value in self.heads.scores(layer, feats, mask, tgt, which).items():
                     scores.setdefault(name, x.new_full((batch, num_layers), float("nan")))[active, layer - 1] = value
             if keep_states:
                 full = states[-1].clone()
