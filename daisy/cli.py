@@ -203,6 +203,40 @@ def exit_cmd(
         raise typer.Exit(code=1)
 
 
+@app.command("noise-sweep")
+def noise_sweep_cmd(
+    model: Path = typer.Option(..., help="daisy model directory"),
+    audio: str = typer.Option("synthetic", help="'synthetic' (its test split) or a folder of wavs"),
+    noise: str = typer.Option("white,pink,babble", help="noise types and/or noise audio files, comma-separated"),
+    snr: str = typer.Option("clean,20,10,5,0,-5", help="'clean' and SNRs in dB, comma-separated"),
+    out_dir: Path = typer.Option(Path("runs/noise-sweep"), "--out"),
+    limit: int = typer.Option(None, help="use at most this many utterances"),
+    quick: bool = typer.Option(False),
+):
+    """Exit depth of every utterance at every noise type and SNR: table, CSV/JSON and plots."""
+    from daisy import noise_sweep as ns
+    from daisy.audio import load
+    from daisy.data.sources import load_all, utterances
+    from daisy.model import EarlyExitHubert
+
+    try:
+        early = EarlyExitHubert.from_pretrained(model)
+        include_clean, snrs = ns.parse_snrs(snr)
+        utts = utterances(audio, "test" if audio == "synthetic" else None, quick)[:limit]
+        wavs = load_all(utts, early.backbone.min_samples)
+        kinds = [k.strip() for k in noise.split(",") if k.strip()]
+        noise_files = {k: load(k) for k in kinds if Path(k).is_file()}
+        pool = load_all(utterances(audio, "train", quick)[:64]) if audio == "synthetic" else wavs
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    config = ns.SweepConfig(noises=tuple(kinds), snrs=snrs)
+    rows = ns.sweep(early, wavs, config, include_clean, pool, noise_files)
+    summary = ns.summarize(rows, early)
+    ns.write_results(rows, summary, early, out_dir, [str(u.path) for u in utts])
+    out.print(ns.markdown_table(summary), highlight=False)
+    out.print(f"exit depth rises as SNR falls: {ns.monotone(summary)}; results in {out_dir}", highlight=False)
+
+
 @app.command()
 def demo(out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="output folder")):
     """The main job on the embedded default (currently: build, save, reload and run a tiny HuBERT)."""

@@ -1,0 +1,222 @@
+"""Exit depth against noise level (`daisy noise-sweep`): DAISY should exit early on clean speech and
+late on noisy speech.
+
+Every utterance is mixed with each noise type at each SNR (exactly, `mix_at_snr`), with noise drawn
+from an RNG seeded by (seed, utterance, noise type) so each SNR sees the same noise. Head scores are
+traced once per condition and the model's policy applied to them (the same exits as the live model,
+see tests). Results: per-utterance CSV/JSON, a summary per noise type and SNR (mean, spread,
+histogram, compute share), and PNG plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from daisy.compute import compute_share
+from daisy.data.noise import make_noise, mix_at_snr
+from daisy.io import atomic_path, write_json
+from daisy.model import EarlyExitHubert
+from daisy.pipeline import trace_scores
+from daisy.progress import progress
+
+CLEAN = "clean"
+
+
+@dataclass
+class SweepConfig:
+    noises: tuple[str, ...] = ("white", "pink", "babble")
+    snrs: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0, -5.0)
+    seed: int = 0
+
+
+def parse_snrs(text: str) -> tuple[bool, tuple[float, ...]]:
+    """'clean,20,10,0' -> (include clean, (20.0, 10.0, 0.0))."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    try:
+        return CLEAN in items, tuple(float(s) for s in items if s != CLEAN)
+    except ValueError as err:
+        raise ValueError(f"--snr takes 'clean' and numbers in dB separated by commas, got {text!r}") from err
+
+
+def noise_for(kind: str, n: int, rng: np.random.Generator, babble_pool, noise_files: dict) -> np.ndarray:
+    if kind in noise_files:  # a recorded noise: a random stretch of it
+        noise = noise_files[kind]
+        start = int(rng.integers(max(1, len(noise) - n)))
+        return np.resize(noise[start:], n)
+    return make_noise(kind, n, rng, babble_pool)
+
+
+def sweep(
+    model: EarlyExitHubert,
+    wavs: list[np.ndarray],
+    config: SweepConfig,
+    include_clean: bool = True,
+    babble_pool: list[np.ndarray] = (),
+    noise_files: dict[str, np.ndarray] | None = None,
+) -> list[dict]:
+    """One row per utterance and condition: utterance index, noise, snr (None when clean), exit layer,
+    and the per-layer head entropies."""
+    noise_files = noise_files or {}
+    conditions = ([(CLEAN, None)] if include_clean else []) + [(k, s) for k in config.noises for s in config.snrs]
+    rows = []
+    with progress() as bar:
+        task = bar.add_task("noise sweep", total=len(conditions))
+        for kind, snr in conditions:
+            mixed = wavs
+            if kind != CLEAN:
+                mixed = []
+                for i, wav in enumerate(wavs):
+                    rng = np.random.default_rng([config.seed, i, config.noises.index(kind)])
+                    mixed.append(mix_at_snr(wav, noise_for(kind, len(wav), rng, babble_pool, noise_files), snr))
+            scores = trace_scores(model, mixed)
+            exits = model.policy.exit_layers(scores)
+            for i in range(len(wavs)):
+                rows.append(
+                    {
+                        "utterance": i,
+                        "noise": kind,
+                        "snr": snr,
+                        "exit_layer": int(exits[i]),
+                        "entropy": [round(float(e), 4) for e in scores["entropy"][i]],
+                    }
+                )
+            bar.advance(task)
+    return rows
+
+
+def summarize(rows: list[dict], model: EarlyExitHubert) -> list[dict]:
+    """Per noise type and SNR: mean and spread of exit depth, histogram, compute share."""
+    num_layers = model.num_layers
+    groups: dict[tuple, list[int]] = {}
+    for r in rows:
+        groups.setdefault((r["noise"], r["snr"]), []).append(r["exit_layer"])
+    out = []
+    for (noise, snr), exits in groups.items():
+        e = np.array(exits, dtype=float)
+        out.append(
+            {
+                "noise": noise,
+                "snr": snr,
+                "utterances": len(e),
+                "mean_exit": float(e.mean()),
+                "std_exit": float(e.std()),
+                "q25": float(np.percentile(e, 25)),
+                "median": float(np.median(e)),
+                "q75": float(np.percentile(e, 75)),
+                "histogram": [int((e == layer).sum()) for layer in range(1, num_layers + 1)],
+                "compute_share": compute_share(model.backbone.config, float(e.mean())),
+            }
+        )
+    return out
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = [
+        "| noise | SNR (dB) | utterances | mean exit | std | median | compute share |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        snr = "clean" if s["snr"] is None else f"{s['snr']:g}"
+        lines.append(
+            f"| {s['noise']} | {snr} | {s['utterances']} | {s['mean_exit']:.2f} | {s['std_exit']:.2f} | "
+            f"{s['median']:.1f} | {s['compute_share']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], num_layers: int, out: Path) -> list[Path]:
+    """mean exit depth vs SNR (one line per noise type, clean at the left, band = +-1 std) and a
+    histogram of exit layers per SNR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean = next((s for s in summary if s["snr"] is None), None)
+    noises = sorted({s["noise"] for s in summary if s["snr"] is not None})
+    snrs = sorted({s["snr"] for s in summary if s["snr"] is not None})
+    x_clean = (max(snrs) + 10) if snrs else 0
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for noise in noises:
+        pts = sorted(
+            (s["snr"], s["mean_exit"], s["std_exit"]) for s in summary if s["noise"] == noise and s["snr"] is not None
+        )
+        if clean:
+            pts.append((x_clean, clean["mean_exit"], clean["std_exit"]))
+        x, m, sd = (np.array(v) for v in zip(*pts))
+        ax.plot(x, m, marker="o", label=noise)
+        ax.fill_between(x, m - sd, m + sd, alpha=0.15)
+    ax.set_xticks(list(snrs) + ([x_clean] if clean else []), [f"{s:g}" for s in snrs] + (["clean"] if clean else []))
+    ax.invert_xaxis()  # clean on the left, noisier to the right: DAISY's curve should rise
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel("mean exit layer")
+    ax.set_ylim(0.5, num_layers + 0.5)
+    ax.set_title("DAISY exit depth vs noise level")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths = [out / "exit_depth_vs_snr.png"]
+    _save(fig, paths[0])
+
+    conditions = ([clean] if clean else []) + [s for s in summary if s["snr"] is not None]
+    by_snr: dict = {}
+    for s in conditions:
+        key = "clean" if s["snr"] is None else f"{s['snr']:g} dB"
+        by_snr.setdefault(key, np.zeros(num_layers))
+        by_snr[key] += np.array(s["histogram"])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    width = 0.8 / max(1, len(by_snr))
+    for j, (key, hist) in enumerate(by_snr.items()):
+        ax.bar(np.arange(1, num_layers + 1) + j * width - 0.4 + width / 2, hist / hist.sum(), width, label=key)
+    ax.set_xlabel("exit layer")
+    ax.set_ylabel("share of utterances")
+    ax.set_title("exit layers per SNR (all noise types)")
+    ax.legend(fontsize=8)
+    paths.append(out / "exit_histogram.png")
+    _save(fig, paths[1])
+    return paths
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def write_results(
+    rows: list[dict], summary: list[dict], model: EarlyExitHubert, out: str | Path, names: list[str] | None = None
+) -> None:
+    out = Path(out)
+    for r in rows:
+        r["name"] = names[r["utterance"]] if names else str(r["utterance"])
+    write_json(out / "noise_sweep.json", {"policy": model.policy.to_dict(), "summary": summary, "utterances": rows})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["name", "noise", "snr", "exit_layer"])
+    for r in rows:
+        writer.writerow([r["name"], r["noise"], "clean" if r["snr"] is None else r["snr"], r["exit_layer"]])
+    with atomic_path(out / "exit_layers.csv", suffix=".csv") as tmp:
+        tmp.write_text(buf.getvalue())
+    with atomic_path(out / "noise_sweep.md", suffix=".md") as tmp:
+        tmp.write_text(markdown_table(summary))
+    plot(summary, model.num_layers, out)
+
+
+def monotone(summary: list[dict]) -> dict[str, bool]:
+    """Per noise type: does mean exit depth rise (weakly) as SNR falls, clean first?"""
+    clean = next((s["mean_exit"] for s in summary if s["snr"] is None), None)
+    verdict = {}
+    for noise in sorted({s["noise"] for s in summary if s["snr"] is not None}):
+        depths = [
+            m for _, m in sorted(((s["snr"], s["mean_exit"]) for s in summary if s["noise"] == noise), reverse=True)
+        ]
+        if clean is not None:
+            depths.insert(0, clean)
+        verdict[noise] = all(b >= a - 1e-9 for a, b in zip(depths, depths[1:]))
+    return verdict
