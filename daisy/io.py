@@ -11,6 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _readable(path: Path) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; artefacts get the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod((0o755 if path.is_dir() else 0o644) & ~umask)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on error delete it."""
@@ -21,6 +28,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -39,6 +47,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part"))
     try:
         yield tmp
+        for item in [tmp, *tmp.rglob("*")]:
+            _readable(item)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

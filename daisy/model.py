@@ -223,16 +223,21 @@ class EarlyExitHubert(nn.Module):
         return self.kmeans.assign(padded)
 
     # -- persistence --------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
         """One directory: config.json + model.safetensors (transformers HubertModel), heads.safetensors,
-        teacher_head.safetensors / kmeans.safetensors when present, daisy.json. Written atomically."""
+        teacher_head.safetensors / kmeans.safetensors when present, daisy.json. Written atomically;
+        `dtype=torch.float16` halves the size (loading always computes in float32)."""
         self.config.policy = self.policy.to_dict()
+
+        def cast(module: nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.to(dtype).contiguous() for k, v in module.state_dict().items()}
+
         with atomic_dir(path) as tmp:
-            self.backbone.save_pretrained(tmp)
-            save_file({k: v.contiguous() for k, v in self.heads.state_dict().items()}, str(tmp / "heads.safetensors"))
+            self.backbone.model.save_pretrained(tmp, state_dict=cast(self.backbone.model))
+            save_file(cast(self.heads), str(tmp / "heads.safetensors"))
             if self.teacher is not None:
                 save_file(
-                    {k: v.contiguous() for k, v in self.teacher.state_dict().items()},
+                    cast(self.teacher),
                     str(tmp / "teacher_head.safetensors"),
                     metadata={"temperature": str(self.teacher.temperature)},
                 )
@@ -248,7 +253,7 @@ class EarlyExitHubert(nn.Module):
         config = DaisyConfig(**json.loads((path / "daisy.json").read_text()))
         backbone = HubertBackbone.from_pretrained(path)
         heads = ExitHeads(backbone.num_layers, backbone.hidden_size, config.num_classes)
-        heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+        heads.load_state_dict({k: v.float() for k, v in load_file(str(path / "heads.safetensors")).items()})
         teacher = load_teacher(path / "teacher_head.safetensors")
         kmeans = KMeansTargets.load(path / "kmeans.safetensors") if (path / "kmeans.safetensors").is_file() else None
         return cls(backbone, heads, config, teacher=teacher, kmeans=kmeans).eval()
@@ -261,7 +266,7 @@ def load_teacher(path: Path) -> TeacherHead | None:
 
     with safe_open(str(path), "pt") as f:
         temperature = float((f.metadata() or {}).get("temperature", 0.1))
-    state = load_file(str(path))
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
     proj = state["final_proj.weight"]
     teacher = TeacherHead(proj.shape[1], proj.shape[0], state["label_embs"].shape[0], temperature)
     teacher.load_state_dict(state)

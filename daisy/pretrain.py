@@ -58,6 +58,9 @@ class PretrainConfig:
     mask_length: int = 10
     feature_grad_mult: float = 0.1
     temperature: float = 0.1
+    # fairseq's pred_nomask_weight: also predict the targets of unmasked frames. HuBERT uses 0; DAISY
+    # reads the model's answer on unmasked input, so a teacher for DAISY benefits from learning it.
+    pred_nomask_weight: float = 0.0
     noise_prob: float = 0.0
     snr_range: tuple[float, float] = (-5.0, 20.0)
     checkpoint_every: int = 500
@@ -108,14 +111,20 @@ class MaskedPredictionModel(nn.Module):
         if mult != 1.0:  # HuBERT's feature_grad_mult: the conv front-end learns slower
             self.hubert.feature_extractor.register_forward_hook(lambda m, a, out: _ScaleGrad.apply(out, mult))
 
-    def forward(self, wavs, lengths, labels, mask):
+    def forward(self, wavs, lengths, labels, mask, nomask_weight: float = 0.0):
+        """Loss on masked frames (+ `nomask_weight` x loss on unmasked ones) and masked accuracy."""
         attention = (torch.arange(wavs.shape[1], device=wavs.device)[None] < lengths[:, None]).long()
         hidden = self.hubert(wavs, attention_mask=attention, mask_time_indices=mask).last_hidden_state
-        picked = mask & (labels >= 0)
-        logits = self.head.logits(hidden[picked])
-        target = labels[picked]
+        valid = labels >= 0
+        logits = self.head.logits(hidden[mask & valid])
+        target = labels[mask & valid]
         loss = nn.functional.cross_entropy(logits, target)
         acc = (logits.argmax(-1) == target).float().mean()
+        if nomask_weight:
+            unmasked = ~mask & valid
+            loss = loss + nomask_weight * nn.functional.cross_entropy(
+                self.head.logits(hidden[unmasked]), labels[unmasked]
+            )
         return loss, acc
 
 
@@ -226,7 +235,13 @@ def pretrain(
             batch, lengths, labels_t, mask = _batch(step, rank, wavs, labels, config, others)
             torch.manual_seed(hash((config.seed, step, rank)) % 2**31)  # dropout and layerdrop
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                loss, acc = trainer(batch.to(device), lengths.to(device), labels_t.to(device), mask.to(device))
+                loss, acc = trainer(
+                    batch.to(device),
+                    lengths.to(device),
+                    labels_t.to(device),
+                    mask.to(device),
+                    config.pred_nomask_weight,
+                )
             optim.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -279,8 +294,7 @@ def export(
 ) -> None:
     """A model directory: transformers HubertModel + teacher head + k-means codebook + provenance."""
     with atomic_dir(path) as tmp:
-        model.hubert.to(dtype).save_pretrained(tmp)
-        model.hubert.float()
+        model.hubert.save_pretrained(tmp, state_dict={k: v.to(dtype) for k, v in model.hubert.state_dict().items()})
         head = {k: v.to(dtype).contiguous() for k, v in model.head.state_dict().items()}
         save_file(head, str(tmp / "teacher_head.safetensors"), metadata={"temperature": str(config.temperature)})
         km.save(tmp / "kmeans.safetensors")
@@ -291,3 +305,16 @@ def export(
             "final_masked_acc": float(np.mean([r["masked_acc"] for r in tail])) if tail else math.nan,
         }
         (tmp / "pretrain.json").write_text(json.dumps({"config": asdict(config), "summary": summary}, indent=2))
+
+
+def export_checkpoint(run: str | Path, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Export the latest checkpoint of a pretraining run folder as a model directory (e.g. to evaluate a
+    run in progress, or to ship it in fp16)."""
+    run, path = Path(run), Path(path)
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    config = PretrainConfig(**ckpt["config"])
+    km = KMeansTargets.load(run / "kmeans.safetensors")
+    model = MaskedPredictionModel(config, km.num_classes)
+    model.load_state_dict(ckpt["model"])
+    export(model.eval(), km, config, path, ckpt["log"], dtype=dtype)
+    return path

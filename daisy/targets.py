@@ -106,4 +106,4 @@ class KMeansTargets:
 
         with safe_open(str(path), "pt") as f:
             features = f.metadata()["features"]
-        return cls(load_file(str(path))["centers"], features)
+        return cls(load_file(str(path))["centers"].float(), features)

@@ -39,7 +39,8 @@ def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
         config = HubertConfig.from_pretrained(path)
         if config.model_type != "hubert":
             raise ValueError(f"{path}/config.json describes a {config.model_type!r} model, not a HuBERT")
-        model = HubertModel.from_pretrained(path)
+        # weights may be stored in half precision (the shipped model is); compute runs in float32
+        model = HubertModel.from_pretrained(path).float()
         return model.eval(), bool(getattr(config, "normalize_waveform", False))
     if path.is_file():
         converted = read_s3prl_checkpoint(path)
