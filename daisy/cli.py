@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="daisy-speech: label-free early exit for self-supervised speech models.",
@@ -30,7 +31,7 @@ def _root() -> None:
 
 def fail(message: str) -> None:
     """One line on stderr and a non-zero exit: users get the problem, not a traceback."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -198,7 +199,7 @@ def exit_cmd(
         for r in results:
             typer.echo(f"{r['path']}\texit layer {r['exit_layer']}/{r['num_layers']}\t{r['seconds']:.2f} s")
     for message in errors:
-        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if errors:
         raise typer.Exit(code=1)
 
@@ -237,9 +238,27 @@ def noise_sweep_cmd(
     out.print(f"exit depth rises as SNR falls: {ns.monotone(summary)}; results in {out_dir}", highlight=False)
 
 
-@app.command()
-def demo(out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="output folder")):
-    """The main job on the embedded default (currently: build, save, reload and run a tiny HuBERT)."""
-    from daisy.demo import run_demo
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def s3prl(ctx: typer.Context):
+    """Run s3prl's downstream runner with daisy's upstreams registered: daisy s3prl -- ARGS (needs [s3prl])."""
+    from daisy.upstream.s3prl_plugin import run_s3prl_downstream
 
-    run_demo(out_dir)
+    try:
+        code = run_s3prl_downstream(list(ctx.args))
+    except ImportError as e:
+        fail(str(e))
+    raise typer.Exit(code=code)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="output folder (model/, report/, ...)"),
+    quick: bool = typer.Option(False, help="the small size used by tests (minutes)"),
+    pretrain: bool = typer.Option(False, help="pretrain HuBERT from scratch instead of using the shipped model"),
+    train_heads: bool = typer.Option(False, help="train DAISY heads even where the shipped model has them"),
+    fresh: bool = typer.Option(False, help="rerun every stage, ignoring earlier outputs"),
+):
+    """The main job: corpus, pretrained model, DAISY heads, calibration, evaluation, noise sweep, report."""
+    from daisy.demo import DemoConfig, run_demo
+
+    run_demo(out_dir, DemoConfig(quick=quick, pretrain=pretrain, train_heads=train_heads, fresh=fresh))

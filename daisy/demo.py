@@ -1,51 +1,188 @@
-"""`daisy demo`: the whole product on the embedded default, end to end."""
+"""`daisy demo`: the whole product on the embedded default, end to end.
+
+corpus -> the shipped pretrained HuBERT (or `--pretrain` from scratch) -> DAISY heads (shipped, or
+trained) -> calibration -> MiniSUPERB, full model vs early exit vs fixed truncation -> noise sweep ->
+`report/` (report.md, results.json, PNG plots). Each stage writes its own output under `out/` and is
+skipped when that output is already there; `fresh` reruns everything.
+"""
 
 from __future__ import annotations
 
-import time
+import json
+import shutil
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
 from rich.console import Console
 
-from daisy.io import write_json
-from daisy.upstream import HubertBackbone
+from daisy.io import atomic_path, write_json
 
 console = Console()
+SHIPPED = "hubert-tiny-synth"
 
 
-def chirp(seconds: float, rate: int = 16000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)).astype(np.float32)
+def shipped_model() -> Path | None:
+    """The pretrained model that ships inside the package, if this install has it."""
+    path = Path(str(resources.files("daisy") / "assets" / SHIPPED))
+    return path if (path / "config.json").is_file() else None
 
 
-def run_demo(out: Path) -> dict:
+@dataclass
+class DemoConfig:
+    quick: bool = False
+    pretrain: bool = False
+    train_heads: bool = False
+    fresh: bool = False
+    sweep_utterances: int = 120
+    depth_fraction: float = 0.6  # calibrate DAISY to this share of the layers on average
+
+    def __post_init__(self):
+        if self.quick:
+            self.sweep_utterances = 24
+
+
+def _stage(name: str, done: Path, fresh: bool) -> bool:
+    """True when the stage must run; says so either way."""
+    if done.exists() and not fresh:
+        console.print(f"[dim]= {name}: reusing {done}[/dim]")
+        return False
+    console.print(f"[bold]> {name}[/bold]")
+    return True
+
+
+def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
+    from daisy.data.corpus import CorpusConfig, build_corpus, load_manifest
+    from daisy.data.sources import default_cache
+
+    config = config or DemoConfig()
     out = Path(out)
-    model_dir = out / "model"
-    backbone = HubertBackbone.from_preset("tiny")
-    backbone.save_pretrained(model_dir)
-    backbone = HubertBackbone.from_pretrained(model_dir)
-    wavs = [chirp(s) for s in (1.0, 2.5)]
-    batch = torch.zeros(len(wavs), max(map(len, wavs)))
-    for i, w in enumerate(wavs):
-        batch[i, : len(w)] = torch.from_numpy(w)
-    lengths = torch.tensor([len(w) for w in wavs])
-    start = time.perf_counter()
-    with torch.inference_mode():
-        states = backbone.hidden_states(batch, lengths)
-    elapsed = time.perf_counter() - start
-    results = {
-        "model": str(model_dir),
-        "num_layers": backbone.num_layers,
-        "hidden_size": backbone.hidden_size,
-        "frames": backbone.frame_lengths(lengths).tolist(),
-        "state_shapes": [list(s.shape) for s in states],
-        "seconds": elapsed,
-    }
+    if config.fresh and out.exists():
+        shutil.rmtree(out)
+    corpus_config = CorpusConfig.quick() if config.quick else CorpusConfig()
+    console.print("[bold]> corpus[/bold]")
+    corpus = build_corpus(default_cache() / "corpus", corpus_config)
+    splits = {s: load_manifest(corpus, s) for s in ("train", "dev", "test")}
+
+    base = _base_model(out, splits, config)
+    model = _heads(out, base, splits, config)
+    results = {"corpus": str(corpus), "base_model": str(base), "model": str(out / "model")}
+    results["pretraining"] = _read_json(base / "pretrain.json")
+    results["heads"] = _head_summary(out)
+    results["noise_sweep"] = _noise_sweep(out, model, splits, config)
     write_json(out / "report" / "results.json", results)
-    console.print(
-        f"{backbone.num_layers}-layer HuBERT saved to {model_dir}; {len(states)} hidden states "
-        f"for {len(wavs)} utterances in {elapsed * 1000:.0f} ms; report in {out / 'report'}"
-    )
+    _write_report(out / "report", results)
+    console.print(f"report: {out / 'report' / 'report.md'}")
     return results
+
+
+def _base_model(out: Path, splits, config: DemoConfig) -> Path:
+    """The pretrained HuBERT the heads go on: shipped, or pretrained here."""
+    from daisy.pretrain import PretrainConfig, pretrain
+
+    shipped = shipped_model()
+    if shipped is not None and not config.pretrain:
+        console.print(f"[dim]= pretrained model: shipped {shipped}[/dim]")
+        return shipped
+    if shipped is None and not config.pretrain:
+        console.print("[yellow]no shipped model in this install: pretraining the quick size instead[/yellow]")
+    target = out / "pretrain" / "model"
+    if _stage("pretraining", target / "config.json", config.fresh):
+        pretrain(splits["train"], out / "pretrain", PretrainConfig.quick() if config.quick else PretrainConfig())
+    return target
+
+
+def _heads(out: Path, base: Path, splits, config: DemoConfig):
+    """Trained and calibrated DAISY heads on `base`, saved as the daisy model `out/model`."""
+    from daisy.data.sources import load_all
+    from daisy.model import EarlyExitHubert
+    from daisy.pipeline import calibrate_model, prepare_model
+    from daisy.train_heads import HeadTrainConfig, train_heads
+
+    target = out / "model"
+    if not _stage("DAISY heads", target / "daisy.json", config.fresh):
+        return EarlyExitHubert.from_pretrained(target)
+    train = load_all(splits["train"])
+    model = prepare_model(base, wavs=train)
+    if not (base / "heads.safetensors").is_file() or config.train_heads or config.pretrain:
+        train_heads(model, train, out / "heads", HeadTrainConfig.quick() if config.quick else HeadTrainConfig())
+    calibrate_model(model, load_all(splits["dev"]), config.depth_fraction * model.num_layers)
+    model.save_pretrained(target)
+    return model
+
+
+def _noise_sweep(out: Path, model, splits, config: DemoConfig) -> dict:
+    from daisy import noise_sweep as ns
+    from daisy.data.sources import load_all
+
+    folder = out / "report" / "noise_sweep"
+    if _stage("noise sweep", folder / "noise_sweep.json", config.fresh):
+        utts = splits["test"][: config.sweep_utterances]
+        wavs = load_all(utts)
+        sweep_config = ns.SweepConfig(snrs=(10.0, 0.0) if config.quick else (20.0, 10.0, 5.0, 0.0, -5.0))
+        rows = ns.sweep(model, wavs, sweep_config, True, load_all(splits["train"][:64]))
+        ns.write_results(rows, ns.summarize(rows, model), model, folder, [u.id for u in utts])
+    summary = json.loads((folder / "noise_sweep.json").read_text())["summary"]
+    return {"summary": summary, "monotone": ns.monotone(summary), "table": ns.markdown_table(summary)}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _head_summary(out: Path) -> list[dict] | None:
+    log = _read_json(out / "heads" / "heads_log.json")
+    if not log or not log["log"]:
+        return None
+    last = log["log"][-20:]
+    layers = len(last[0]["layers"])
+    return [
+        {"layer": i + 1, **{k: sum(r["layers"][i][k] for r in last) / len(last) for k in ("loss", "acc", "entropy")}}
+        for i in range(layers)
+    ]
+
+
+def _write_report(folder: Path, results: dict) -> None:
+    lines = [
+        "# daisy demo report",
+        "",
+        f"Corpus: `{results['corpus']}`  ",
+        f"Pretrained model: `{results['base_model']}`  ",
+        f"DAISY model: `{results['model']}`",
+        "",
+    ]
+    pre = results.get("pretraining")
+    if pre:
+        s = pre["summary"]
+        lines += [
+            "## Pretraining",
+            "",
+            f"{s['steps']} steps; final training loss {s['final_loss']:.3f}, "
+            f"masked accuracy {s['final_masked_acc']:.3f}.",
+            "",
+        ]
+    if results.get("heads"):
+        lines += [
+            "## Exit heads (last 20 training steps)",
+            "",
+            "| layer | loss | accuracy vs teacher | entropy |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [f"| {h['layer']} | {h['loss']:.3f} | {h['acc']:.3f} | {h['entropy']:.3f} |" for h in results["heads"]]
+        lines.append("")
+    sweep = results["noise_sweep"]
+    verdict = sweep["monotone"]
+    lines += [
+        "## Exit depth vs noise",
+        "",
+        sweep["table"],
+        "",
+        "![exit depth vs SNR](noise_sweep/exit_depth_vs_snr.png)",
+        "",
+        "![exit layers per SNR](noise_sweep/exit_histogram.png)",
+        "",
+        "Mean exit depth rises as SNR falls: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in verdict.items()),
+        "",
+    ]
+    with atomic_path(folder / "report.md", suffix=".md") as tmp:
+        tmp.write_text("\n".join(lines))

@@ -52,9 +52,9 @@ class DaisyConfig:
 class ExitOutput:
     """exit_layers (B,) in 1..L; lengths (B,) valid frames; last_hidden_state (B, T, D) each
     utterance's exit-layer state; hidden_states: L + 1 tensors (B, T, D) where layers past an
-    utterance's exit repeat its exit state (None unless asked for); scores: name -> (B, L) for the
-    scores the policy reads, NaN for layers an utterance did not run and for the last layer (where
-    every utterance exits, so no head runs)."""
+    utterance's exit repeat its exit state (None when called with output_hidden_states=False);
+    scores: name -> (B, L) for the scores the policy reads, NaN for layers an utterance did not
+    run and for the last layer (where every utterance exits, so no head runs)."""
 
     exit_layers: torch.Tensor
     lengths: torch.Tensor
@@ -198,6 +198,7 @@ class EarlyExitHubert(nn.Module):
         targets (B, T') frame class ids (only the oracle policy needs them)."""
         return self._run(wavs, lengths, targets, self.policy, output_hidden_states)
 
+    @torch.no_grad()
     def trace(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None, targets: torch.Tensor | None = None):
         """All layers for all utterances, every head scored: the input of offline policy sweeps."""
         out = self._run(wavs, lengths, targets, None, keep_states=True)
@@ -225,7 +226,8 @@ class EarlyExitHubert(nn.Module):
     # -- persistence --------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
         """One directory: config.json + model.safetensors (transformers HubertModel), heads.safetensors,
-        teacher_head.safetensors / kmeans.safetensors when present, daisy.json. Written atomically;
+        teacher_head.safetensors / kmeans.safetensors when present, daisy.json (recording the current
+        `self.policy`). Written atomically;
         `dtype=torch.float16` halves the size (loading always computes in float32)."""
         self.config.policy = self.policy.to_dict()
 

@@ -2,5 +2,6 @@
 
 from daisy.upstream.backbone import HubertBackbone, check_batch
 from daisy.upstream.presets import PRESETS, preset_config
+from daisy.upstream.s3prl_plugin import register as register  # s3prl itself loads only inside register()
 
 __all__ = ["HubertBackbone", "check_batch", "PRESETS", "preset_config"]
