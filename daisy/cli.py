@@ -238,6 +238,19 @@ def noise_sweep_cmd(
     out.print(f"exit depth rises as SNR falls: {ns.monotone(summary)}; results in {out_dir}", highlight=False)
 
 
+@app.command()
+def ship(
+    run: Path = typer.Option(..., help="pretraining run folder (daisy pretrain --out)"),
+    out_dir: Path = typer.Option(..., "--out", help="model directory to write (fp16) with MODEL_CARD.md"),
+    head_steps: int = typer.Option(1500),
+):
+    """Make a pretraining run the default model: heads, calibration, fp16 weights, figures, model card."""
+    from daisy.model_card import ship as run_ship
+
+    card = run_ship(run, out_dir, head_steps)
+    out.print(f"{out_dir}: teacher {card['figures']['teacher']}", highlight=False)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def s3prl(ctx: typer.Context):
     """Run s3prl's downstream runner with daisy's upstreams registered: daisy s3prl -- ARGS (needs [s3prl])."""

@@ -1,0 +1,30 @@
+"""`daisy demo --quick` end to end: every stage runs, the report lands, a rerun reuses the outputs."""
+
+import json
+
+import pytest
+
+from daisy.demo import DemoConfig, run_demo
+
+
+def test_quick_demo_writes_the_report_and_reruns_cheaply(tmp_path, monkeypatch):
+    pytest.importorskip("espeakng_loader", reason="espeak-ng wheel not installed")
+    monkeypatch.setenv("DAISY_CACHE", str(tmp_path / "cache"))
+    results = run_demo(tmp_path / "demo", DemoConfig(quick=True))
+    report = tmp_path / "demo" / "report"
+    for name in (
+        "report.md",
+        "results.json",
+        "noise_sweep/exit_depth_vs_snr.png",
+        "noise_sweep/exit_histogram.png",
+        "noise_sweep/exit_layers.csv",
+    ):
+        assert (report / name).stat().st_size > 0, name
+    stored = json.loads((report / "results.json").read_text())
+    conditions = {(s["noise"], s["snr"]) for s in stored["noise_sweep"]["summary"]}
+    assert ("clean", None) in conditions and ("babble", 0.0) in conditions
+    assert "Exit depth vs noise" in (report / "report.md").read_text()
+    model_time = (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns
+    again = run_demo(tmp_path / "demo", DemoConfig(quick=True))  # every stage reused
+    assert (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns == model_time
+    assert again["noise_sweep"]["summary"] == results["noise_sweep"]["summary"]
