@@ -239,6 +239,43 @@ def noise_sweep_cmd(
 
 
 @app.command()
+def minisuperb(
+    model: Path = typer.Option(..., help="daisy model directory"),
+    data: str = typer.Option("synthetic", help="'synthetic' (the embedded corpus)"),
+    out_dir: Path = typer.Option(Path("runs/minisuperb"), "--out"),
+    size: str = typer.Option("cpu", help="probe size and steps: quick, cpu or paper (MiniSUPERB's)"),
+    tasks: str = typer.Option("asr,sid,se,ss", help="comma-separated subset of asr, sid, se, ss"),
+    train: int = typer.Option(600, help="training utterances per task"),
+    test: int = typer.Option(150, help="test utterances per task"),
+    featurizer: str = typer.Option("dynamic", help="static, dynamic (DAISY) or per_depth"),
+    quick: bool = typer.Option(False, help="the quick corpus (tests)"),
+):
+    """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC."""
+    from daisy.data.sources import load_all, utterances
+    from daisy.downstream.minisuperb import SIZES, MiniSuperbConfig, run
+    from daisy.downstream.tasks import TASKS, synthetic_tasks
+    from daisy.model import EarlyExitHubert
+
+    chosen = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if not set(chosen) <= set(TASKS) or size not in SIZES:
+        fail(f"--tasks must be among {', '.join(TASKS)} and --size among {', '.join(SIZES)}")
+    if data != "synthetic":
+        fail("only --data synthetic is implemented so far; real corpora readers are not wired in yet")
+    try:
+        early = EarlyExitHubert.from_pretrained(model)
+        train_u, test_u = utterances(data, "train", quick)[:train], utterances(data, "test", quick)[:test]
+        dev = load_all(utterances(data, "dev", quick)[:100])
+        task_data = synthetic_tasks(train_u, test_u, load_all(train_u), load_all(test_u))
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    summary = run(early, task_data, dev, out_dir, MiniSuperbConfig(tasks=chosen, size=size, featurizer=featurizer))
+    from daisy.downstream.minisuperb import markdown
+
+    out.print(markdown(summary["results"], summary["scores"]), highlight=False)
+    out.print(f"results in {out_dir}", highlight=False)
+
+
+@app.command()
 def ship(
     run: Path = typer.Option(..., help="pretraining run folder (daisy pretrain --out)"),
     out_dir: Path = typer.Option(..., "--out", help="model directory to write (fp16) with MODEL_CARD.md"),

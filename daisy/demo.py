@@ -35,11 +35,13 @@ class DemoConfig:
     train_heads: bool = False
     fresh: bool = False
     sweep_utterances: int = 120
+    probe_train: int = 400
+    probe_test: int = 100
     depth_fraction: float = 0.6  # calibrate DAISY to this share of the layers on average
 
     def __post_init__(self):
         if self.quick:
-            self.sweep_utterances = 24
+            self.sweep_utterances, self.probe_train, self.probe_test = 24, 40, 16
 
 
 def _stage(name: str, done: Path, fresh: bool) -> bool:
@@ -69,6 +71,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
     results = {"corpus": str(corpus), "base_model": str(base), "model": str(out / "model")}
     results["pretraining"] = _read_json(base / "pretrain.json")
     results["heads"] = _head_summary(out)
+    results["minisuperb"] = _minisuperb(out, model, splits, config)
     results["noise_sweep"] = _noise_sweep(out, model, splits, config)
     write_json(out / "report" / "results.json", results)
     _write_report(out / "report", results)
@@ -109,6 +112,25 @@ def _heads(out: Path, base: Path, splits, config: DemoConfig):
     calibrate_model(model, load_all(splits["dev"]), config.depth_fraction * model.num_layers)
     model.save_pretrained(target)
     return model
+
+
+def _minisuperb(out: Path, model, splits, config: DemoConfig) -> dict:
+    from daisy.data.sources import load_all
+    from daisy.downstream.minisuperb import MiniSuperbConfig, markdown, run
+    from daisy.downstream.tasks import synthetic_tasks
+
+    folder = out / "report" / "minisuperb"
+    if _stage("MiniSUPERB", folder / "results.json", config.fresh):
+        train, test = splits["train"][: config.probe_train], splits["test"][: config.probe_test]
+        data = synthetic_tasks(train, test, load_all(train), load_all(test))
+        size = "quick" if config.quick else "cpu"
+        run(model, data, load_all(splits["dev"][:100]), folder, MiniSuperbConfig(size=size))
+    summary = json.loads((folder / "results.json").read_text())
+    return {
+        "scores": summary["scores"],
+        "table": markdown(summary["results"], summary["scores"]),
+        "results": summary["results"],
+    }
 
 
 def _noise_sweep(out: Path, model, splits, config: DemoConfig) -> dict:
@@ -170,6 +192,18 @@ def _write_report(folder: Path, results: dict) -> None:
         ]
         lines += [f"| {h['layer']} | {h['loss']:.3f} | {h['acc']:.3f} | {h['entropy']:.3f} |" for h in results["heads"]]
         lines.append("")
+    ms = results["minisuperb"]
+    lines += [
+        "## MiniSUPERB: full model vs early exit",
+        "",
+        "Probes on a weighted sum of the layers each utterance ran (DAISY's dynamic featurizer); "
+        "settings differ only in their exit layers. Score: MFCC = 0, full model = 100.",
+        "",
+        ms["table"],
+        "",
+        "![quality vs depth](minisuperb/minisuperb.png)",
+        "",
+    ]
     sweep = results["noise_sweep"]
     verdict = sweep["monotone"]
     lines += [

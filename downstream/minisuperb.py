@@ -1,0 +1,358 @@
+"""MiniSUPERB-style evaluation of exited representations (`daisy minisuperb`).
+
+As MiniSUPERB, features are extracted once per input set (a trace: every layer's states and every
+head's entropy for every utterance, kept in fp16), then probes train on a weighted sum of layers.
+Upstream settings differ only in their exit layers, applied to the stored trace (the same exits as
+the live model): the full model, DAISY's calibrated policy, entropy budgets at other depths, fixed
+truncation at DAISY's mean depth, and MFCC features as the baseline. Each (task, setting) result is
+cached as JSON, so an interrupted run resumes.
+
+Score (MiniSUPERB style): per task, the primary metric normalised between the MFCC baseline (0) and
+the full model (100); the average over tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from daisy import policies
+from daisy.compute import compute_share
+from daisy.downstream import metrics
+from daisy.downstream.featurizer import WeightedSum
+from daisy.downstream.probes import CharVocab, CTCProbe, EnhancementProbe, SeparationProbe, SIDProbe
+from daisy.downstream.tasks import TASKS, TaskData
+from daisy.features import mfcc
+from daisy.io import atomic_path, write_json
+from daisy.model import EarlyExitHubert
+from daisy.pipeline import batches
+from daisy.progress import progress
+
+PRIMARY = {"asr": ("cer", False), "sid": ("accuracy", True), "se": ("pesq", True), "ss": ("si_sdri", True)}
+
+
+@dataclass
+class ProbeSize:
+    hidden: int
+    layers: int
+    steps: dict[str, int]
+    batch_size: int = 8
+    lr: float = 1e-3
+
+
+SIZES = {
+    "quick": ProbeSize(32, 1, {"asr": 40, "sid": 40, "se": 30, "ss": 30}),
+    "cpu": ProbeSize(128, 1, {"asr": 1500, "sid": 400, "se": 400, "ss": 400}),
+    # MiniSUPERB's probes and step counts (arXiv 2305.19011)
+    "paper": ProbeSize(256, 3, {"asr": 20000, "sid": 20000, "se": 10000, "ss": 15000}, lr=1e-4),
+}
+
+
+@dataclass
+class MiniSuperbConfig:
+    tasks: tuple[str, ...] = TASKS
+    size: str = "cpu"
+    featurizer: str = "dynamic"
+    budget_fractions: tuple[float, ...] = (0.4, 0.8)
+    max_eval_signals: int = 60  # PESQ/STOI/SI-SDR on at most this many test utterances
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Features:
+    """A trace of one input set: states (L+1, T_i, D) fp16 per utterance, entropies (N, L)."""
+
+    states: list[torch.Tensor]
+    entropy: torch.Tensor
+
+    @property
+    def frames(self) -> list[int]:
+        return [s.shape[1] for s in self.states]
+
+
+@torch.no_grad()
+def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None = None) -> Features:
+    if cache is not None and cache.is_file():
+        return Features(**torch.load(cache, weights_only=True))
+    states: list = [None] * len(wavs)
+    entropy = torch.zeros(len(wavs), model.num_layers)
+    with progress() as bar:
+        task = bar.add_task(f"extracting {cache.stem if cache else 'features'}", total=len(wavs))
+        for idx, padded, lengths in batches(wavs, 8):
+            trace = model.trace(padded, lengths)
+            stacked = torch.stack(trace.hidden_states)  # (L+1, B, T, D)
+            for row, i in enumerate(idx):
+                states[i] = stacked[:, row, : int(trace.lengths[row])].half().clone()
+            entropy[idx] = trace.scores["entropy"]
+            bar.advance(task, len(idx))
+    features = Features(states, entropy)
+    if cache is not None:
+        with atomic_path(cache, suffix=".pt") as tmp:
+            torch.save(asdict(features), tmp)
+    return features
+
+
+def mfcc_features(wavs: list[np.ndarray]) -> Features:
+    """The baseline: MFCC + deltas as a single 'layer' (1, T, 39), frame-aligned with HuBERT's."""
+    states = [mfcc(torch.from_numpy(w))[None].half() for w in wavs]
+    return Features(states, torch.zeros(len(wavs), 0))
+
+
+def settings(model: EarlyExitHubert, dev_entropy: torch.Tensor, config: MiniSuperbConfig) -> dict[str, policies.Policy]:
+    """Upstream settings compared: name -> policy over entropy traces."""
+    num_layers = model.num_layers
+    daisy_depth = model.policy.exit_layers({"entropy": dev_entropy}).float().mean().item()
+    out = {"full": policies.Fixed(layer=num_layers), "daisy": model.policy}
+    for fraction in config.budget_fractions:
+        out[f"budget-{fraction:g}"] = policies.calibrate_budget(dev_entropy, fraction * num_layers)
+    out[f"fixed-{round(daisy_depth)}"] = policies.Fixed(layer=max(1, round(daisy_depth)))
+    return out
+
+
+def _collate(features: Features, idx: list[int], exits: torch.Tensor | None):
+    frames = torch.tensor([features.frames[i] for i in idx])
+    depth, _, dim = features.states[idx[0]].shape
+    padded = torch.zeros(depth, len(idx), int(frames.max()), dim)
+    for row, i in enumerate(idx):
+        padded[:, row, : frames[row]] = features.states[i].float()
+    return padded, frames, (None if exits is None else exits[idx])
+
+
+def _pad_signals(signals: list[np.ndarray], idx: list[int]) -> torch.Tensor:
+    width = max(s.shape[-1] for s in (signals[i] for i in idx))
+    out = []
+    for i in idx:
+        s = torch.from_numpy(np.asarray(signals[i], dtype=np.float32))
+        out.append(torch.nn.functional.pad(s, (0, width - s.shape[-1])))
+    return torch.stack(out)
+
+
+class Probe(torch.nn.Module):
+    """A featurizer (weighted sum over the states run) followed by a task probe."""
+
+    def __init__(self, task: str, depth: int, dim: int, size: ProbeSize, mode: str, vocab=None, speakers=0):
+        super().__init__()
+        self.task = task
+        # a single feature stream (the MFCC baseline) has nothing to weigh
+        self.featurizer = WeightedSum(depth - 1, mode=mode) if depth > 1 else None
+        if task == "asr":
+            self.head = CTCProbe(dim, len(vocab), size.hidden, size.layers)
+        elif task == "sid":
+            self.head = SIDProbe(dim, speakers)
+        elif task == "se":
+            self.head = EnhancementProbe(dim, size.hidden, size.layers)
+        else:
+            self.head = SeparationProbe(dim, size.hidden, size.layers)
+
+    def features(self, states, exits):
+        return states[0] if self.featurizer is None else self.featurizer(states, exits)
+
+
+def train_and_evaluate(
+    task: str,
+    train: tuple[Features, TaskData],
+    test: tuple[Features, TaskData],
+    train_exits,
+    test_exits,
+    config: MiniSuperbConfig,
+    vocab: CharVocab,
+    speakers: int,
+) -> dict:
+    size = SIZES[config.size]
+    (train_feats, train_data), (test_feats, test_data) = train, test
+    depth, _, dim = train_feats.states[0].shape
+    torch.manual_seed(config.seed)
+    probe = Probe(task, depth, dim, size, config.featurizer, vocab, speakers)
+    optim = torch.optim.AdamW(probe.parameters(), lr=size.lr)
+    rng = np.random.default_rng(config.seed)
+    n = len(train_feats.states)
+    for _ in range(size.steps[task]):
+        idx = [int(i) for i in rng.choice(n, size=min(size.batch_size, n), replace=False)]
+        states, frames, exits = _collate(train_feats, idx, train_exits)
+        feats = probe.features(states, exits)
+        loss = _loss(probe.head, task, feats, frames, idx, train_data, vocab)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+    probe.eval()
+    return _evaluate(probe, task, test_feats, test_data, test_exits, vocab, config.max_eval_signals)
+
+
+def _loss(head, task, feats, frames, idx, data: TaskData, vocab: CharVocab):
+    if task == "asr":
+        encoded = [torch.tensor(vocab.encode(data.texts[i])) for i in idx]
+        targets = torch.nn.utils.rnn.pad_sequence(encoded, batch_first=True)
+        return head.loss(feats, frames, targets, torch.tensor([len(e) for e in encoded]))
+    if task == "sid":
+        return head.loss(feats, frames, torch.tensor([data.speakers[i] for i in idx]))
+    inputs = _pad_signals(data.inputs, idx)
+    return head.loss(feats, inputs, _pad_signals(data.targets, idx), frames)
+
+
+@torch.no_grad()
+def _evaluate(probe: Probe, task, feats: Features, data: TaskData, exits, vocab, max_signals: int) -> dict:
+    count = len(feats.states) if task in ("asr", "sid") else min(len(feats.states), max_signals)
+    hyps, preds, scores = [], [], {"pesq": [], "stoi": [], "si_sdri": []}
+    for start in range(0, count, 8):
+        idx = list(range(start, min(start + 8, count)))
+        states, frames, ex = _collate(feats, idx, exits)
+        f = probe.features(states, ex)
+        if task == "asr":
+            hyps += [vocab.decode(ids) for ids in probe.head.predict(f, frames)]
+        elif task == "sid":
+            preds += probe.head.predict(f, frames).tolist()
+        elif task == "se":
+            enhanced = probe.head.enhance(f, _pad_signals(data.inputs, idx), frames)
+            for row, i in enumerate(idx):
+                n = data.targets[i].shape[-1]
+                scores["pesq"].append(metrics.pesq_wb(data.targets[i], enhanced[row, :n].numpy()))
+                scores["stoi"].append(metrics.stoi(data.targets[i], enhanced[row, :n].numpy()))
+        else:
+            mix = _pad_signals(data.inputs, idx)
+            est = probe.head.separate(f, mix, frames)
+            for row, i in enumerate(idx):
+                n = data.targets[i].shape[-1]
+                ref = torch.from_numpy(data.targets[i])[None]
+                aligned = metrics.align_sources(est[row : row + 1, :, :n], ref)
+                scores["si_sdri"].append(metrics.si_sdr_improvement(aligned, mix[row : row + 1, :n], ref).mean().item())
+    if task == "asr":
+        refs = [CharVocab.normalise(data.texts[i]) for i in range(count)]
+        return {"cer": metrics.cer(refs, hyps), "wer": metrics.wer(refs, hyps), "example": hyps[0]}
+    if task == "sid":
+        return {"accuracy": metrics.accuracy(preds, data.speakers[:count])}
+    return {k: float(np.mean(v)) for k, v in scores.items() if v}
+
+
+def score(results: dict[str, dict[str, dict]]) -> dict[str, float]:
+    """Per setting: mean over tasks of 100 * (m - m_mfcc) / (m_full - m_mfcc) on each task's primary metric."""
+    out = {}
+    settings_seen = {s for task in results.values() for s in task}
+    for setting in settings_seen:
+        parts = []
+        for task, by_setting in results.items():
+            name, _ = PRIMARY[task]
+            if not {"mfcc", "full", setting} <= set(by_setting):
+                continue
+            base, full, value = (by_setting[k]["metrics"][name] for k in ("mfcc", "full", setting))
+            if full != base:
+                parts.append(100 * (value - base) / (full - base))
+        if parts:
+            out[setting] = float(np.mean(parts))
+    return out
+
+
+def markdown(results: dict, scores: dict) -> str:
+    lines = ["| task | setting | metric | value | mean exit depth | compute share |", "|---|---|---|---:|---:|---:|"]
+    for task, by_setting in results.items():
+        name, _ = PRIMARY[task]
+        for setting, r in by_setting.items():
+            depth = "-" if r["mean_depth"] is None else f"{r['mean_depth']:.2f}"
+            share = "-" if r["compute_share"] is None else f"{r['compute_share']:.2f}"
+            lines.append(f"| {task} | {setting} | {name} | {r['metrics'][name]:.3f} | {depth} | {share} |")
+    lines += ["", "| setting | MiniSUPERB-style score (MFCC = 0, full model = 100) |", "|---|---:|"]
+    lines += [f"| {s} | {v:.1f} |" for s, v in sorted(scores.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, num_layers: int, out: Path) -> Path:
+    """Primary metric vs mean exit depth per task: entropy policies (DAISY, budgets) as one line,
+    fixed truncation and the full model as points, MFCC as a dashed baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.4), squeeze=False)
+    for ax, (task, by_setting) in zip(axes[0], results.items()):
+        name, higher = PRIMARY[task]
+        entropy_pts = sorted(
+            (r["mean_depth"], r["metrics"][name])
+            for s, r in by_setting.items()
+            if s == "daisy" or s.startswith("budget")
+        )
+        if entropy_pts:
+            ax.plot(*zip(*entropy_pts), marker="o", label="entropy (DAISY / budgets)")
+        for s, r in by_setting.items():
+            if s.startswith("fixed") or s == "full":
+                ax.scatter([r["mean_depth"]], [r["metrics"][name]], marker="s" if s == "full" else "^", label=s)
+        if "mfcc" in by_setting:
+            ax.axhline(by_setting["mfcc"]["metrics"][name], ls="--", color="grey", label="MFCC")
+        ax.set_title(f"{task}: {name} ({'higher' if higher else 'lower'} is better)")
+        ax.set_xlabel("mean exit layer")
+        ax.set_xlim(0.5, num_layers + 0.5)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    path = out / "minisuperb.png"
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def run(
+    model: EarlyExitHubert,
+    data: dict[str, dict[str, TaskData]],
+    dev_wavs: list[np.ndarray],
+    out: Path,
+    config: MiniSuperbConfig,
+) -> dict:
+    """data: input set ('clean', 'noisy', 'mix') -> split ('train', 'test') -> TaskData."""
+    out = Path(out)
+    source = {"asr": "clean", "sid": "clean", "se": "noisy", "ss": "mix"}
+    needed = sorted({source[t] for t in config.tasks})
+    feats = {
+        (s, split): extract(model, data[s][split].inputs, out / "features" / f"{s}-{split}.pt")
+        for s in needed
+        for split in ("train", "test")
+    }
+    base = {(s, split): mfcc_features(data[s][split].inputs) for s in needed for split in ("train", "test")}
+    dev_entropy = extract(model, dev_wavs, out / "features" / "dev.pt").entropy
+    chosen = settings(model, dev_entropy, config)
+    vocab = CharVocab()
+    speakers = (
+        max(data["clean"]["train"].speakers + data["clean"]["test"].speakers, default=0) + 1 if "clean" in data else 0
+    )
+    results: dict[str, dict] = {}
+    jobs = [(t, s) for t in config.tasks for s in ["mfcc", *chosen]]
+    with progress() as bar:
+        task_bar = bar.add_task("probes", total=len(jobs))
+        for task, setting in jobs:
+            cached = out / "results" / f"{task}-{setting}.json"
+            if cached.is_file():
+                results.setdefault(task, {})[setting] = json.loads(cached.read_text())
+                bar.advance(task_bar)
+                continue
+            bar.update(task_bar, description=f"probe {task} / {setting}")
+            key = source[task]
+            pool = base if setting == "mfcc" else feats
+            train_f, test_f = pool[(key, "train")], pool[(key, "test")]
+            exits = (
+                (None, None)
+                if setting == "mfcc"
+                else tuple(chosen[setting].exit_layers({"entropy": f.entropy}) for f in (train_f, test_f))
+            )
+            result = train_and_evaluate(
+                task, (train_f, data[key]["train"]), (test_f, data[key]["test"]), *exits, config, vocab, speakers
+            )
+            depth = None if exits[1] is None else exits[1].float().mean().item()
+            record = {
+                "metrics": result,
+                "mean_depth": depth,
+                "compute_share": None if depth is None else compute_share(model.backbone.config, depth),
+                "policy": None if setting == "mfcc" else chosen[setting].to_dict(),
+            }
+            write_json(cached, record)
+            results.setdefault(task, {})[setting] = record
+            bar.advance(task_bar)
+    scores = score(results)
+    summary = {"config": asdict(config), "results": results, "scores": scores}
+    write_json(out / "results.json", summary)
+    with atomic_path(out / "results.md", suffix=".md") as tmp:
+        tmp.write_text(markdown(results, scores))
+    plot(results, model.num_layers, out)
+    return summary

@@ -1,0 +1,46 @@
+"""MiniSUPERB runner end to end on the quick corpus, plus its score formula."""
+
+import json
+
+import pytest
+
+from daisy.downstream.minisuperb import MiniSuperbConfig, run, score
+from daisy.downstream.tasks import synthetic_tasks
+
+
+def test_score_normalises_between_mfcc_and_full():
+    results = {
+        "sid": {
+            "mfcc": {"metrics": {"accuracy": 0.2}},
+            "full": {"metrics": {"accuracy": 0.8}},
+            "daisy": {"metrics": {"accuracy": 0.65}},
+        },
+        "asr": {
+            "mfcc": {"metrics": {"cer": 0.9}},
+            "full": {"metrics": {"cer": 0.5}},
+            "daisy": {"metrics": {"cer": 0.6}},
+        },  # lower is better: still 0..100
+    }
+    scores = score(results)
+    assert scores["full"] == 100.0 and scores["mfcc"] == 0.0
+    assert scores["daisy"] == pytest.approx((75.0 + 75.0) / 2)
+
+
+def test_quick_run_writes_results_for_every_task_and_setting(tmp_path, quick_corpus):
+    from conftest import random_early_exit
+    from daisy.data.corpus import load_manifest
+
+    model = random_early_exit()
+    train, test = load_manifest(quick_corpus, "train")[:24], load_manifest(quick_corpus, "test")[:8]
+    dev = [u.load() for u in load_manifest(quick_corpus, "dev")[:16]]
+    data = synthetic_tasks(train, test, [u.load() for u in train], [u.load() for u in test])
+    summary = run(model, data, dev, tmp_path, MiniSuperbConfig(size="quick"))
+    for task in ("asr", "sid", "se", "ss"):
+        assert {"mfcc", "full", "daisy", "budget-0.4", "budget-0.8"} <= set(summary["results"][task])
+        assert summary["results"][task]["full"]["mean_depth"] == model.num_layers
+        assert summary["results"][task]["full"]["compute_share"] == pytest.approx(1.0)
+    for name in ("results.json", "results.md", "minisuperb.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    cached = json.loads((tmp_path / "results" / "sid-full.json").read_text())
+    again = run(model, data, dev, tmp_path, MiniSuperbConfig(size="quick"))  # resumed from the cache
+    assert again["results"]["sid"]["full"] == cached
