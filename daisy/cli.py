@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -137,6 +138,8 @@ def train_heads_cmd(
     except (OSError, ValueError) as e:
         fail(str(e))
     train_heads(early, train, out_dir, config)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process writes the model
+        return
     calibrate_model(early, dev, depth or 0.6 * early.num_layers)
     early.save_pretrained(out_dir / "model")
     out.print(f"daisy model: {out_dir / 'model'} (policy {early.policy.to_dict()})", highlight=False)
@@ -312,3 +315,7 @@ def demo(
     from daisy.demo import DemoConfig, run_demo
 
     run_demo(out_dir, DemoConfig(quick=quick, pretrain=pretrain, train_heads=train_heads, fresh=fresh))
+
+
+if __name__ == "__main__":  # torchrun -m daisy.cli ...
+    app()

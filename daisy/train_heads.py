@@ -78,15 +78,16 @@ def _batch(step: int, rank: int, wavs: list[np.ndarray], config: HeadTrainConfig
 
 
 @torch.no_grad()
-def frozen_features(model: EarlyExitHubert, wavs, lengths) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Head inputs of every layer (L tensors (B, T, D)) and the frame mask, backbone frozen."""
+def frozen_features(model: EarlyExitHubert, wavs, lengths) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Head inputs of every layer (L tensors (B, T, D)), the frame mask and the last state, backbone
+    frozen."""
     x, mask = model.embed(wavs, lengths)
     bias = model.backbone.attention_bias(mask, x.dtype)
     feats = []
     for layer in range(1, model.num_layers + 1):
         x, ffn = model.backbone.layer(layer, x, mask, bias, return_ffn=True)
         feats.append(ffn if model.config.head_input == "ffn" else x)
-    return feats, mask
+    return feats, mask, x
 
 
 class HeadObjective(nn.Module):
@@ -147,9 +148,12 @@ def train_heads(
         task = bar.add_task("training heads", total=config.steps, completed=start)
         for step in range(start, config.steps):
             noisy, clean, lengths = _batch(step, rank, wavs, config)
-            source = clean if config.targets_from == "clean" else noisy
-            targets = model.teacher_targets(source, lengths)
-            feats, mask = frozen_features(model, noisy, lengths)
+            feats, mask, last = frozen_features(model, noisy, lengths)
+            if config.targets_from == "input" and model.config.targets == "teacher":
+                with torch.no_grad():  # the model's own answer on this very input: reuse its forward pass
+                    targets = model.teacher(last)
+            else:
+                targets = model.teacher_targets(clean if config.targets_from == "clean" else noisy, lengths)
             loss, stats = trainer(feats, mask & (targets >= 0), targets)
             optim.zero_grad(set_to_none=True)
             loss.backward()

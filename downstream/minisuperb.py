@@ -46,7 +46,7 @@ class ProbeSize:
 
 SIZES = {
     "quick": ProbeSize(32, 1, {"asr": 40, "sid": 40, "se": 30, "ss": 30}),
-    "cpu": ProbeSize(128, 1, {"asr": 1500, "sid": 400, "se": 400, "ss": 400}),
+    "cpu": ProbeSize(128, 1, {"asr": 800, "sid": 300, "se": 300, "ss": 300}),
     # MiniSUPERB's probes and step counts (arXiv 2305.19011)
     "paper": ProbeSize(256, 3, {"asr": 20000, "sid": 20000, "se": 10000, "ss": 15000}, lr=1e-4),
 }
