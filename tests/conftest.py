@@ -72,5 +72,4 @@ def quick_corpus(tmp_path_factory):
     """The quick synthetic corpus, built once per test session in a private cache."""
     from daisy.data.corpus import CorpusConfig, build_corpus
 
-    pytest.importorskip("espeakng_loader", reason="espeak-ng wheel not installed")
     return build_corpus(tmp_path_factory.mktemp("cache"), CorpusConfig.quick())
