@@ -30,7 +30,7 @@ from transformers import HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
 from daisy.data.corpus import Utterance
-from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
+from daisy.data.crops import random_crops
 from daisy.features import mfcc
 from daisy.io import atomic_dir, atomic_path, write_json
 from daisy.progress import progress
@@ -143,33 +143,21 @@ def fit_labels(wavs: list[np.ndarray], config: PretrainConfig) -> tuple[KMeansTa
 
 
 def _batch(step: int, rank: int, wavs, labels, config: PretrainConfig, others):
-    """The batch of `step` on `rank`: random utterances, random 320-aligned crops, spans to mask."""
+    """The batch of `step` on `rank`: random 320-aligned crops (some noisy), their clean labels, spans to mask."""
     rng = np.random.default_rng([config.seed, step, rank])
-    crop = int(config.crop_seconds * 16000)
-    picks = rng.choice(len(wavs), size=config.batch_size, replace=len(wavs) < config.batch_size)
-    chunks, targets = [], []
-    for i in picks:
-        wav, lab = wavs[i], labels[i]
-        n = min(len(wav), crop)
-        start_frame = int(rng.integers(0, (len(wav) - n) // HOP + 1))
-        piece = wav[start_frame * HOP : start_frame * HOP + n]
-        if config.noise_prob and rng.random() < config.noise_prob:
-            kind = NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))]
-            noise = make_noise(kind, len(piece), rng, others)
-            piece = mix_at_snr(piece, noise, float(rng.uniform(*config.snr_range)))
-        chunks.append(piece)
-        targets.append(lab[start_frame : start_frame + frames_for(len(piece))])
-    lengths = torch.tensor([len(c) for c in chunks])
-    batch = torch.zeros(len(chunks), int(lengths.max()))
-    frames = frames_for(batch.shape[1])
-    label_t = torch.full((len(chunks), frames), -1, dtype=torch.long)
-    for j, (c, t) in enumerate(zip(chunks, targets)):
-        batch[j, : len(c)] = torch.from_numpy(c)
-        label_t[j, : len(t)] = torch.from_numpy(t.astype(np.int64))
+    crops = random_crops(
+        rng, wavs, config.batch_size, int(config.crop_seconds * 16000), config.noise_prob, config.snr_range, others
+    )
+    frames = frames_for(crops.inputs.shape[1])
+    label_t = torch.full((len(crops.picks), frames), -1, dtype=torch.long)
+    for j, (i, start, n) in enumerate(zip(crops.picks, crops.start_frames, crops.lengths.tolist())):
+        lab = labels[i][start : start + frames_for(n)]
+        label_t[j, : len(lab)] = torch.from_numpy(lab.astype(np.int64))
     np.random.seed(int(rng.integers(2**31)))  # noqa: NPY002 - transformers' span masking draws from numpy's global RNG
-    frame_mask = (label_t >= 0).long()
-    mask = _compute_mask_indices((len(chunks), frames), config.mask_prob, config.mask_length, frame_mask, 2)
-    return batch, lengths, label_t, torch.from_numpy(mask) & (label_t >= 0)
+    mask = _compute_mask_indices(
+        (len(crops.picks), frames), config.mask_prob, config.mask_length, (label_t >= 0).long(), 2
+    )
+    return crops.inputs, crops.lengths, label_t, torch.from_numpy(mask) & (label_t >= 0)
 
 
 def _lr_lambda(config: PretrainConfig):

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
+from daisy.data.crops import random_crops
 from daisy.io import atomic_path, write_json
 from daisy.model import EarlyExitHubert
 from daisy.progress import progress
@@ -52,29 +52,10 @@ class HeadTrainConfig:
 def _batch(step: int, rank: int, wavs: list[np.ndarray], config: HeadTrainConfig):
     """(input batch, clean batch, lengths) of random 320-aligned crops, some with noise mixed in."""
     rng = np.random.default_rng([config.seed, step, rank])
-    crop = int(config.crop_seconds * 16000)
-    picks = rng.choice(len(wavs), size=config.batch_size, replace=len(wavs) < config.batch_size)
-    clean, noisy = [], []
-    for i in picks:
-        wav = wavs[i]
-        n = min(len(wav), crop)
-        start = int(rng.integers(0, (len(wav) - n) // 320 + 1)) * 320
-        piece = wav[start : start + n]
-        clean.append(piece)
-        if config.noise_prob and rng.random() < config.noise_prob:
-            kind = NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))]
-            noise = make_noise(kind, len(piece), rng, wavs[:64])
-            piece = mix_at_snr(piece, noise, float(rng.uniform(*config.snr_range)))
-        noisy.append(piece)
-    lengths = torch.tensor([len(c) for c in clean])
-
-    def pad(chunks):
-        out = torch.zeros(len(chunks), int(lengths.max()))
-        for j, c in enumerate(chunks):
-            out[j, : len(c)] = torch.from_numpy(np.asarray(c, dtype=np.float32))
-        return out
-
-    return pad(noisy), pad(clean), lengths
+    crops = random_crops(
+        rng, wavs, config.batch_size, int(config.crop_seconds * 16000), config.noise_prob, config.snr_range, wavs[:64]
+    )
+    return crops.inputs, crops.clean, crops.lengths
 
 
 @torch.no_grad()
