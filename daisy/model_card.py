@@ -53,6 +53,7 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
     figures["heads"] = head_log[-1]["layers"]
     pretrain_log = json.loads((run / "log.json").read_text())
     card = {
+        "run": str(run),
         "pretraining": {
             "config": pretrain_log["config"],
             "steps": len(pretrain_log["log"]),
@@ -83,8 +84,8 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         "",
         "```bash",
         "daisy corpus                                   # CorpusConfig() defaults, seed 0",
-        "daisy pretrain --out runs/pretrain-tiny --config runs/pretrain-tiny.json",
-        "daisy ship --run runs/pretrain-tiny --out daisy/assets/hubert-tiny-synth",
+        f"daisy pretrain --out {card['run']} --config {card['run']}/config.json",
+        f"daisy ship --run {card['run']} --out daisy/assets/hubert-tiny-synth",
         "```",
         "",
         f"Pretraining config: `{json.dumps(pre['config'])}`  ",

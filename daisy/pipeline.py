@@ -66,7 +66,7 @@ def prepare_model(
             teacher = TeacherHead.from_fairseq(converted.pretraining_head, converted.num_classes)
     provenance = {"base_model": str(path)}
     if teacher is not None:
-        return EarlyExitHubert.from_backbone(
+        model = EarlyExitHubert.from_backbone(
             backbone,
             teacher.num_classes,
             teacher=teacher,
@@ -74,6 +74,9 @@ def prepare_model(
             targets="teacher",
             provenance=provenance,
         )
+        if path.is_dir() and (path / "kmeans.safetensors").is_file():  # keep the pretraining codebook along
+            model.kmeans = KMeansTargets.load(path / "kmeans.safetensors")
+        return model
     if not wavs:
         raise ValueError(f"{path} has no pretraining head: k-means targets need audio to fit on")
     model = EarlyExitHubert.from_backbone(
