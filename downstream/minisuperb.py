@@ -46,7 +46,7 @@ class ProbeSize:
 
 SIZES = {
     "quick": ProbeSize(32, 1, {"asr": 40, "sid": 40, "se": 30, "ss": 30}),
-    "cpu": ProbeSize(128, 1, {"asr": 800, "sid": 300, "se": 300, "ss": 300}),
+    "cpu": ProbeSize(128, 1, {"asr": 400, "sid": 200, "se": 200, "ss": 200}),
     # MiniSUPERB's probes and step counts (arXiv 2305.19011)
     "paper": ProbeSize(256, 3, {"asr": 20000, "sid": 20000, "se": 10000, "ss": 15000}, lr=1e-4),
 }
@@ -318,12 +318,13 @@ def run(
         max(data["clean"]["train"].speakers + data["clean"]["test"].speakers, default=0) + 1 if "clean" in data else 0
     )
     results: dict[str, dict] = {}
+    config_key = json.loads(json.dumps(asdict(config)))
     jobs = [(t, s) for t in config.tasks for s in ["mfcc", *chosen]]
     with progress() as bar:
         task_bar = bar.add_task("probes", total=len(jobs))
         for task, setting in jobs:
             cached = out / "results" / f"{task}-{setting}.json"
-            if cached.is_file():
+            if cached.is_file() and json.loads(cached.read_text()).get("config") == config_key:
                 results.setdefault(task, {})[setting] = json.loads(cached.read_text())
                 bar.advance(task_bar)
                 continue
@@ -341,6 +342,7 @@ def run(
             )
             depth = None if exits[1] is None else exits[1].float().mean().item()
             record = {
+                "config": config_key,  # a cached result counts only for the same config
                 "metrics": result,
                 "mean_depth": depth,
                 "compute_share": None if depth is None else compute_share(model.backbone.config, depth),
