@@ -86,10 +86,15 @@ def prepare_model(
     return model
 
 
-def fit_mfcc_kmeans(wavs: list[np.ndarray], k: int, max_frames: int = 200_000, seed: int = 0) -> KMeansTargets:
+def fit_mfcc_kmeans(
+    wavs: list[np.ndarray], k: int, max_frames: int = 200_000, seed: int = 0, feats: list[torch.Tensor] | None = None
+) -> KMeansTargets:
+    """K-means on a sample of up to `max_frames` MFCC frames of `wavs` (or of precomputed `feats`)."""
     from daisy.features import mfcc
 
-    feats = torch.cat([mfcc(torch.from_numpy(w)) for w in wavs]).numpy()
+    if feats is None:
+        feats = [mfcc(torch.from_numpy(w)) for w in wavs]
+    feats = torch.cat(feats).numpy()
     rng = np.random.default_rng(seed)
     sample = feats[rng.choice(len(feats), size=min(max_frames, len(feats)), replace=False)]
     return KMeansTargets.fit(sample, k, features="mfcc", seed=seed)

@@ -138,8 +138,9 @@ def fit_labels(wavs: list[np.ndarray], config: PretrainConfig) -> tuple[KMeansTa
 
     if config.label_features != "mfcc":
         raise NotImplementedError("iteration-2 labels (layer features) are not implemented yet")
-    km = fit_mfcc_kmeans(wavs, config.num_classes, config.kmeans_frames, config.seed)
-    return km, [km.assign(mfcc(torch.from_numpy(w))).numpy().astype(np.int16) for w in wavs]
+    feats = [mfcc(torch.from_numpy(w)) for w in wavs]  # computed once: for fitting and for labelling
+    km = fit_mfcc_kmeans(wavs, config.num_classes, config.kmeans_frames, config.seed, feats=feats)
+    return km, [km.assign(f).numpy().astype(np.int16) for f in feats]
 
 
 def _batch(step: int, rank: int, wavs, labels, config: PretrainConfig, others):
