@@ -65,9 +65,10 @@ class ExitOutput:
 
 @dataclass
 class Trace:
-    """Every layer run for every utterance: hidden_states (L + 1 of (B, T, D)), scores name -> (B, L)."""
+    """Every layer run for every utterance: hidden_states (L + 1 of (B, T, D); None when the trace kept
+    scores only), scores name -> (B, L)."""
 
-    hidden_states: list[torch.Tensor]
+    hidden_states: list[torch.Tensor] | None
     lengths: torch.Tensor
     scores: dict[str, torch.Tensor]
 
@@ -199,9 +200,16 @@ class EarlyExitHubert(nn.Module):
         return self._run(wavs, lengths, targets, self.policy, output_hidden_states)
 
     @torch.no_grad()
-    def trace(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None, targets: torch.Tensor | None = None):
-        """All layers for all utterances, every head scored: the input of offline policy sweeps."""
-        out = self._run(wavs, lengths, targets, None, keep_states=True)
+    def trace(
+        self,
+        wavs: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        keep_states: bool = True,
+    ):
+        """All layers for all utterances, every head scored: the input of offline policy sweeps.
+        `keep_states=False` keeps only the scores (hidden_states None), for sweeps that need no features."""
+        out = self._run(wavs, lengths, targets, None, keep_states=keep_states)
         return Trace(out.hidden_states, out.lengths, out.scores)
 
     @torch.no_grad()

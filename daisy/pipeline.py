@@ -32,7 +32,7 @@ def trace_scores(model: EarlyExitHubert, wavs: list[np.ndarray], batch_size: int
     """Every head's scores for every utterance: name -> (N, L), in the order of `wavs`."""
     out: dict[str, torch.Tensor] = {}
     for idx, padded, lengths in batches(wavs, batch_size):
-        trace = model.trace(padded, lengths)
+        trace = model.trace(padded, lengths, keep_states=False)  # scores only: no per-layer copies of states
         for name, value in trace.scores.items():
             out.setdefault(name, torch.zeros(len(wavs), model.num_layers))[idx] = value
     return out
