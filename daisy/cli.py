@@ -89,10 +89,15 @@ def pretrain(
     noise_prob: float = typer.Option(None, help="denoising pretraining: share of inputs with noise mixed in"),
     time_limit: float = typer.Option(None, help="stop (with a checkpoint) after this many minutes; rerun resumes"),
     device: str = typer.Option("cpu"),
+    labels_from: Path = typer.Option(
+        None, help="HuBERT iteration 2: labels from k-means on a layer of this model (e.g. iteration 1's RUN/model)"
+    ),
+    label_layer: int = typer.Option(None, help="the layer of --labels-from to cluster (default: its middle layer)"),
+    classes: int = typer.Option(None, help="k-means K (default 100 on MFCC, 200 on layer states; --quick: 50)"),
 ):
     """HuBERT masked-prediction pretraining from scratch; resumes from out/checkpoint.pt."""
     from daisy.data.sources import utterances
-    from daisy.pretrain import PretrainConfig
+    from daisy.pretrain import PretrainConfig, check_resume
     from daisy.pretrain import pretrain as run
 
     config = PretrainConfig.quick() if quick else PretrainConfig()
@@ -102,7 +107,19 @@ def pretrain(
         config.steps = steps
     if noise_prob is not None:
         config.noise_prob = noise_prob
+    if label_layer is not None and labels_from is None and config.label_model is None:
+        fail("--label-layer needs --labels-from (the model whose layer states become the labels)")
+    if labels_from is not None:
+        config.label_model = str(labels_from)
+        if config.label_features == "mfcc":  # e.g. from --config: the labels now come from the model
+            config.label_features = None
+    if label_layer is not None:
+        config.label_features = f"layer:{label_layer}"
+    if classes:
+        config.num_classes = classes
     try:
+        config = config.resolved()  # a bad label model or layer fails here, before any data is read
+        check_resume(out_dir, config)
         utts = utterances(data, split="train", quick=quick)
     except (OSError, ValueError) as e:
         fail(str(e))
@@ -215,10 +232,18 @@ def noise_sweep_cmd(
     snr: str = typer.Option("clean,20,10,5,0,-5", help="'clean' and SNRs in dB, comma-separated"),
     out_dir: Path = typer.Option(Path("runs/noise-sweep"), "--out"),
     limit: int = typer.Option(None, help="use at most this many utterances"),
+    asr: bool = typer.Option(
+        False,
+        help="also report ASR CER per condition at the exited depth, next to the full model and fixed truncation "
+        "(trains CTC probes on the source's train split; needs transcripts: synthetic or a folder with manifest.jsonl)",
+    ),
+    asr_train: int = typer.Option(300, help="training utterances for the ASR probes"),
+    asr_size: str = typer.Option("cpu", help="ASR probe size: quick, cpu or paper"),
     quick: bool = typer.Option(False),
 ):
     """Exit depth of every utterance at every noise type and SNR: table, CSV/JSON and plots."""
     from daisy import noise_sweep as ns
+    from daisy import sweep_quality as sq
     from daisy.audio import load
     from daisy.data.sources import load_all, utterances
     from daisy.model import EarlyExitHubert
@@ -231,6 +256,10 @@ def noise_sweep_cmd(
         kinds = [k.strip() for k in noise.split(",") if k.strip()]
         noise_files = {k: load(k) for k in kinds if Path(k).is_file()}
         pool = load_all(utterances(audio, "train", quick)[:64]) if audio == "synthetic" else wavs
+        train_utts = utterances(audio, "train", quick)[:asr_train] if asr else []
+        if asr and (not train_utts or not all(u.text for u in train_utts + utts)):
+            raise ValueError(f"{audio}: --asr needs transcribed train and test splits (synthetic, or manifest.jsonl)")
+        train_wavs = load_all(train_utts, early.backbone.min_samples)
     except (OSError, ValueError) as e:
         fail(str(e))
     config = ns.SweepConfig(noises=tuple(kinds), snrs=snrs)
@@ -238,16 +267,37 @@ def noise_sweep_cmd(
     summary = ns.summarize(rows, early)
     ns.write_results(rows, summary, early, out_dir, [str(u.path) for u in utts])
     out.print(ns.markdown_table(summary), highlight=False)
+    if asr:
+        quality = sq.asr_quality(
+            early,
+            (train_wavs, [u.text for u in train_utts]),
+            (wavs, [u.text for u in utts]),
+            config,
+            include_clean,
+            sq.QualityConfig(size=asr_size),
+            pool,
+            noise_files,
+        )
+        sq.write_quality(quality, out_dir)
+        out.print(sq.markdown_table(quality), highlight=False)
     out.print(f"exit depth rises as SNR falls: {ns.monotone(summary)}; results in {out_dir}", highlight=False)
 
 
 @app.command()
 def minisuperb(
     model: Path = typer.Option(..., help="daisy model directory"),
-    data: str = typer.Option("synthetic", help="'synthetic' (the embedded corpus)"),
+    data: str = typer.Option(
+        "synthetic",
+        help="'synthetic' (the embedded corpus) or real corpora as TASK=PATH pairs, comma-separated: "
+        "asr=LIBRISPEECH,sid=VOXCELEB1,se=VOICEBANK_DEMAND,ss=LIBRI2MIX (any subset; the keys librispeech, "
+        "voxceleb1, voicebank, libri2mix work too). Budgets are calibrated on LibriSpeech's dev-* subsets "
+        "when asr is given and has them, else on a sample of the first task's training audio.",
+    ),
     out_dir: Path = typer.Option(Path("runs/minisuperb"), "--out"),
     size: str = typer.Option("cpu", help="probe size and steps: quick, cpu or paper (MiniSUPERB's)"),
-    tasks: str = typer.Option("asr,sid,se,ss", help="comma-separated subset of asr, sid, se, ss"),
+    tasks: str = typer.Option(
+        None, help="comma-separated subset of asr, sid, se, ss (default: all for synthetic, else those in --data)"
+    ),
     train: int = typer.Option(600, help="training utterances per task"),
     test: int = typer.Option(150, help="test utterances per task"),
     featurizer: str = typer.Option("dynamic", help="static, dynamic (DAISY) or per_depth"),
@@ -256,22 +306,32 @@ def minisuperb(
     """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC."""
     from daisy.data.sources import load_all, utterances
     from daisy.downstream.minisuperb import SIZES, MiniSuperbConfig, run
-    from daisy.downstream.tasks import TASKS, synthetic_tasks
+    from daisy.downstream.tasks import TASKS, corpus_tasks, parse_corpus_paths, synthetic_tasks
     from daisy.model import EarlyExitHubert
 
-    chosen = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    try:
+        paths = None if data == "synthetic" else parse_corpus_paths(data)
+    except ValueError as e:
+        fail(str(e))
+    chosen = tuple(t.strip() for t in (tasks or ",".join(paths or TASKS)).split(",") if t.strip())
     if not set(chosen) <= set(TASKS) or size not in SIZES:
         fail(f"--tasks must be among {', '.join(TASKS)} and --size among {', '.join(SIZES)}")
-    if data != "synthetic":
-        fail("only --data synthetic is implemented so far; real corpora readers are not wired in yet")
+    if paths is not None and not set(chosen) <= set(paths):
+        fail(f"--tasks {','.join(chosen)}: --data gives no corpus for {', '.join(sorted(set(chosen) - set(paths)))}")
+    source = None
     try:
         early = EarlyExitHubert.from_pretrained(model)
-        train_u, test_u = utterances(data, "train", quick)[:train], utterances(data, "test", quick)[:test]
-        dev = load_all(utterances(data, "dev", quick)[:100])
-        task_data = synthetic_tasks(train_u, test_u, load_all(train_u), load_all(test_u))
+        if paths is None:
+            train_u, test_u = utterances(data, "train", quick)[:train], utterances(data, "test", quick)[:test]
+            dev = load_all(utterances(data, "dev", quick)[:100])
+            task_data = synthetic_tasks(train_u, test_u, load_all(train_u), load_all(test_u))
+        else:
+            corpora = corpus_tasks({t: paths[t] for t in chosen}, train, test, min_samples=early.backbone.min_samples)
+            task_data, source, dev = corpora.data, corpora.source, corpora.dev
     except (OSError, ValueError) as e:
         fail(str(e))
-    summary = run(early, task_data, dev, out_dir, MiniSuperbConfig(tasks=chosen, size=size, featurizer=featurizer))
+    config = MiniSuperbConfig(tasks=chosen, size=size, featurizer=featurizer)
+    summary = run(early, task_data, dev, out_dir, config, source=source)
     from daisy.downstream.minisuperb import markdown
 
     out.print(markdown(summary["results"], summary["scores"]), highlight=False)

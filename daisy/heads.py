@@ -28,24 +28,31 @@ class ExitHeads(nn.Module):
         mask: torch.Tensor,
         targets: torch.Tensor | None = None,
         which: tuple[str, ...] = ("entropy", "confidence"),
+        weights: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """features (B, T, D), mask (B, T) valid frames, targets (B, T) class ids -> scores, each (B,).
 
         `which` limits the work to the scores a policy reads; `loss` is added whenever targets are given.
+        `weights` = `frame_weights(mask)` may be passed in when the mask is reused across layers.
         """
-        logp = torch.log_softmax(self.logits(layer, features).float(), dim=-1)
-        weights = mask.to(logp.dtype)
-        frames = weights.sum(1).clamp_min(1.0)
-
-        def mean(per_frame: torch.Tensor) -> torch.Tensor:
-            return (per_frame * weights).sum(1) / frames
-
+        logits = self.logits(layer, features).float()
+        weights = self.frame_weights(mask) if weights is None else weights
         out = {}
-        if "entropy" in which:
-            out["entropy"] = mean(-(logp.exp() * logp).sum(-1))
-        if "confidence" in which:
-            out["confidence"] = mean(logp.max(-1).values.exp())
+        # On the live path this runs after every layer: few, fused kernels (softmax, entr, vecdot)
+        # keep it a small share of the layer it scores.
+        if "entropy" in which or "confidence" in which:
+            p = logits.softmax(-1)
+            if "entropy" in which:
+                out["entropy"] = torch.linalg.vecdot(torch.special.entr(p).sum(-1), weights)
+            if "confidence" in which:
+                out["confidence"] = torch.linalg.vecdot(p.amax(-1), weights)
         if targets is not None:
-            picked = logp.gather(-1, targets.clamp_min(0)[..., None].long())[..., 0]
-            out["loss"] = mean(-picked)
+            picked = logits.gather(-1, targets.clamp_min(0)[..., None].long())[..., 0]
+            out["loss"] = torch.linalg.vecdot(logits.logsumexp(-1) - picked, weights)
         return out
+
+    @staticmethod
+    def frame_weights(mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) weights that average over each utterance's valid frames."""
+        weights = mask.float()
+        return weights / weights.sum(1, keepdim=True).clamp_min(1.0)

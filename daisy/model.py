@@ -149,15 +149,18 @@ class EarlyExitHubert(nn.Module):
             which = () if isinstance(policy, policies.Fixed) else (policy.needs,)
         use_ffn = self.config.head_input == "ffn" and (bool(which) or targets is not None)
         bias = self.backbone.attention_bias(mask, x.dtype)
+        weights = self.heads.frame_weights(mask)
         for layer in range(1, num_layers + 1):
             if use_ffn:
                 x, feats = self.backbone.layer(layer, x, mask, bias, return_ffn=True)
             else:
                 x = feats = self.backbone.layer(layer, x, mask, bias)
             score_now = (policy is None or layer < num_layers) and (bool(which) or targets is not None)
+            layer_scores = {}
             if score_now:
                 tgt = None if targets is None else targets[active, : x.shape[1]]
-                for name, value in self.heads.scores(layer, feats, mask, tgt, which).items():
+                layer_scores = self.heads.scores(layer, feats, mask, tgt, which, weights)
+                for name, value in layer_scores.items():
                     scores.setdefault(name, x.new_full((batch, num_layers), float("nan")))[active, layer - 1] = value
             if keep_states:
                 full = states[-1].clone()
@@ -168,7 +171,6 @@ class EarlyExitHubert(nn.Module):
                 break
             if policy is None:
                 continue
-            layer_scores = {k: v[active, layer - 1] for k, v in scores.items()}
             if not layer_scores:  # a fixed policy needs no head: give it the shape
                 layer_scores = {"entropy": x.new_zeros(len(active))}
             stop = policy.decide(layer, layer_scores)
@@ -186,6 +188,7 @@ class EarlyExitHubert(nn.Module):
             longest = int(mask.sum(1).max())  # trim the time axis to the longest utterance left
             x, mask = x[:, :longest], mask[:, :longest]
             bias = self.backbone.attention_bias(mask, x.dtype)
+            weights = self.heads.frame_weights(mask)
         return ExitOutput(exit_layers, frames, final, scores, states)
 
     def forward(
@@ -221,15 +224,9 @@ class EarlyExitHubert(nn.Module):
             return self.teacher(self.backbone.hidden_states(wavs, lengths)[-1])
         if self.kmeans is None:
             raise ValueError("this model has no k-means codebook")
-        from daisy.features import mfcc
-
-        if self.kmeans.layer is not None:
-            return self.kmeans.assign(self.backbone.hidden_states(wavs, lengths, self.kmeans.layer)[-1])
         lengths = torch.full((wavs.shape[0],), wavs.shape[1]) if lengths is None else lengths
-        feats = [mfcc(w[:n]) for w, n in zip(wavs, lengths.tolist())]
-        width = max(len(f) for f in feats)
-        padded = torch.stack([nn.functional.pad(f, (0, 0, 0, width - len(f))) for f in feats])
-        return self.kmeans.assign(padded)
+        # MFCC, this backbone's layer, or (HuBERT iteration 2) a layer of the codebook's source model
+        return self.kmeans.targets(wavs, lengths, self.backbone, frames=self.backbone.frame_lengths(lengths))
 
     # -- persistence --------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:

@@ -1,7 +1,7 @@
 """Turning a pretraining run into the shipped default model (`daisy ship`), with its model card.
 
 export the run's latest checkpoint -> train DAISY heads on it -> calibrate -> save in fp16 ->
-measure the teacher (masked accuracy, own-argmax usage, speaker probes per layer) and DAISY's
+measure the teacher (masked accuracy, own-argmax usage, speaker and character probes per layer) and DAISY's
 adaptivity (mean exit depth per noise type and SNR) on held-out synthetic speech -> MODEL_CARD.md
 and card.json beside the weights.
 """
@@ -18,6 +18,9 @@ import torch
 
 from daisy.io import atomic_path, write_json
 
+# utterances of the linear probes: speaker id (train; tested on the whole test split), characters (train, test)
+SPEAKER_PROBE_TRAIN, CHAR_PROBE_TRAIN, CHAR_PROBE_TEST = 800, 300, 100
+
 
 def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 100, depth_fraction: float = 0.6):
     from daisy import noise_sweep as ns
@@ -25,7 +28,7 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
     from daisy.model import EarlyExitHubert
     from daisy.pipeline import calibrate_model, prepare_model
     from daisy.pretrain import export_checkpoint
-    from daisy.teacher_report import masked_prediction, pooled_layers, speaker_probe
+    from daisy.teacher_report import char_probe, frame_layers, masked_prediction, pooled_layers, speaker_probe
     from daisy.train_heads import HeadTrainConfig, train_heads
 
     began = time.time()
@@ -34,11 +37,20 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
     with tempfile.TemporaryDirectory() as tmp:
         base = export_checkpoint(run, Path(tmp) / "base")
         figures = {"teacher": masked_prediction(base, dev)}
-        pooled_train, pooled_test = pooled_layers(base, train[:800]), pooled_layers(base, test)
+        n = SPEAKER_PROBE_TRAIN
+        pooled_train, pooled_test = pooled_layers(base, train[:n]), pooled_layers(base, test)
         accs = speaker_probe(
-            pooled_train, [u.speaker for u in splits["train"][:800]], pooled_test, [u.speaker for u in splits["test"]]
+            pooled_train, [u.speaker for u in splits["train"][:n]], pooled_test, [u.speaker for u in splits["test"]]
         )
-        figures["speaker_probe"] = {"mfcc": accs[0], **{f"state_{i}": a for i, a in enumerate(accs[1:])}}
+        figures["speaker_probe"] = per_feature(accs)
+        figures["char_probe"] = per_feature(
+            char_probe(
+                frame_layers(base, train[:CHAR_PROBE_TRAIN]),
+                [u.text for u in splits["train"][:CHAR_PROBE_TRAIN]],
+                frame_layers(base, test[:CHAR_PROBE_TEST]),
+                [u.text for u in splits["test"][:CHAR_PROBE_TEST]],
+            )
+        )
         model = prepare_model(base)
         config = HeadTrainConfig(steps=head_steps)
         train_heads(model, train, Path(tmp) / "heads", config)
@@ -70,10 +82,23 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
     return card
 
 
+def per_feature(values: list[float]) -> dict[str, float]:
+    """A probe's figures keyed by feature: index 0 is the MFCC input, then states 0..L."""
+    return {"mfcc": values[0], **{f"state_{i}": v for i, v in enumerate(values[1:])}}
+
+
+def probe_table(fig: dict) -> list[str]:
+    """Markdown rows: per feature, speaker-id accuracy and character CER (a dash where not measured)."""
+    speaker, chars = fig["speaker_probe"], fig.get("char_probe", {})
+    rows = ["| features | speaker-id accuracy | character CER |", "|---|---:|---:|"]
+    for key, acc in speaker.items():
+        rows.append(f"| {key} | {acc:.3f} | {f'{chars[key]:.3f}' if key in chars else '-'} |")
+    return rows
+
+
 def write_card(path: Path, card: dict, sweep_table: str) -> None:
     pre, fig = card["pretraining"], card["figures"]
     t = fig["teacher"]
-    probe = fig["speaker_probe"]
     lines = [
         "# hubert-tiny-synth: the embedded default model",
         "",
@@ -104,8 +129,12 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         f"{t['max_usage_entropy_bits']:.2f} bits |",
         f"| share of the most used class | {t['own_argmax_top_class_share']:.3f} |",
         "",
-        "Linear speaker-id probe (logistic regression on mean-pooled features, 800 train utterances,",
-        "test split): " + ", ".join(f"{k}: {v:.3f}" for k, v in probe.items()),
+        "Linear probes per layer against the MFCC input (test split): speaker id by logistic regression on",
+        f"mean-pooled features ({SPEAKER_PROBE_TRAIN} train utterances); characters by a linear CTC probe on",
+        f"frame features ({CHAR_PROBE_TRAIN} train, {CHAR_PROBE_TEST} test utterances, a fixed budget of steps;",
+        "greedy decoding, CER: lower is better).",
+        "",
+        *probe_table(fig),
         "",
         "## DAISY heads (last training step)",
         "",

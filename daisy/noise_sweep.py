@@ -51,6 +51,24 @@ def noise_for(kind: str, n: int, rng: np.random.Generator, babble_pool, noise_fi
     return make_noise(kind, n, rng, babble_pool)
 
 
+def conditions(config: SweepConfig, include_clean: bool = True) -> list[tuple[str, float | None]]:
+    """(noise, snr) pairs in sweep order, clean (snr None) first."""
+    return ([(CLEAN, None)] if include_clean else []) + [(k, s) for k in config.noises for s in config.snrs]
+
+
+def mixed(
+    wavs: list[np.ndarray], kind: str, snr: float | None, config: SweepConfig, babble_pool=(), noise_files=None
+) -> list[np.ndarray]:
+    """`wavs` under one condition; utterance i always gets the same noise of a kind, whatever the SNR."""
+    if kind == CLEAN:
+        return list(wavs)
+    out = []
+    for i, wav in enumerate(wavs):
+        rng = np.random.default_rng([config.seed, i, config.noises.index(kind)])
+        out.append(mix_at_snr(wav, noise_for(kind, len(wav), rng, babble_pool, noise_files or {}), snr))
+    return out
+
+
 def sweep(
     model: EarlyExitHubert,
     wavs: list[np.ndarray],
@@ -61,19 +79,12 @@ def sweep(
 ) -> list[dict]:
     """One row per utterance and condition: utterance index, noise, snr (None when clean), exit layer,
     and the per-layer head entropies."""
-    noise_files = noise_files or {}
-    conditions = ([(CLEAN, None)] if include_clean else []) + [(k, s) for k in config.noises for s in config.snrs]
+    todo = conditions(config, include_clean)
     rows = []
     with progress() as bar:
-        task = bar.add_task("noise sweep", total=len(conditions))
-        for kind, snr in conditions:
-            mixed = wavs
-            if kind != CLEAN:
-                mixed = []
-                for i, wav in enumerate(wavs):
-                    rng = np.random.default_rng([config.seed, i, config.noises.index(kind)])
-                    mixed.append(mix_at_snr(wav, noise_for(kind, len(wav), rng, babble_pool, noise_files), snr))
-            scores = trace_scores(model, mixed)
+        task = bar.add_task("noise sweep", total=len(todo))
+        for kind, snr in todo:
+            scores = trace_scores(model, mixed(wavs, kind, snr, config, babble_pool, noise_files))
             exits = model.policy.exit_layers(scores)
             for i in range(len(wavs)):
                 rows.append(

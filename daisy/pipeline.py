@@ -11,7 +11,7 @@ import torch
 from daisy import policies
 from daisy.audio import AudioError, load
 from daisy.model import EarlyExitHubert, load_teacher
-from daisy.targets import KMeansTargets, TeacherHead
+from daisy.targets import KMeansTargets, TeacherHead, layer_states, source_backbone
 from daisy.upstream import HubertBackbone
 
 
@@ -50,7 +50,8 @@ def prepare_model(
     path: str | Path, head_input: str = "ffn", classes: int = 100, wavs: list[np.ndarray] | None = None
 ) -> EarlyExitHubert:
     """An EarlyExitHubert with fresh heads on the backbone at `path`, with the best targets it allows:
-    its own pretraining head (teacher) where it has one, else MFCC k-means fitted on `wavs`."""
+    its own pretraining head (teacher) where it has one, else MFCC k-means fitted on `wavs`. A pretraining
+    codebook goes along as is (MFCC, or a layer of its iteration-2 source model: `KMeansTargets.targets`)."""
     path = Path(path)
     if (path / "daisy.json").is_file():
         return EarlyExitHubert.from_pretrained(path)
@@ -98,6 +99,38 @@ def fit_mfcc_kmeans(
     rng = np.random.default_rng(seed)
     sample = feats[rng.choice(len(feats), size=min(max_frames, len(feats)), replace=False)]
     return KMeansTargets.fit(sample, k, features="mfcc", seed=seed)
+
+
+@torch.no_grad()
+def fit_layer_kmeans(
+    wavs: list[np.ndarray],
+    source: str | Path,
+    layer: int,
+    k: int,
+    max_frames: int = 200_000,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> KMeansTargets:
+    """K-means on up to `max_frames` states of `layer` of the model at `source` (HuBERT iteration 2).
+
+    Utterances are drawn at random until the sample is full, so the source model runs only on those
+    (and the sample of states, not all of them, is held in memory)."""
+    source = str(Path(source).resolve())  # recorded in the codebook: labelling later needs that model
+    backbone = source_backbone(source)
+    rng = np.random.default_rng(seed)
+    chosen, total = [], 0
+    for i in rng.permutation(len(wavs)).tolist():
+        if total >= max_frames:
+            break
+        chosen.append(wavs[i])
+        total += int(backbone.frame_lengths(torch.tensor(len(wavs[i]))))
+    feats = []
+    for _, padded, lengths in batches(chosen, batch_size):
+        states = layer_states(backbone, padded, lengths, layer)
+        feats += [states[row, :n] for row, n in enumerate(backbone.frame_lengths(lengths).tolist())]
+    feats = torch.cat(feats).numpy()
+    sample = feats[rng.choice(len(feats), size=min(max_frames, len(feats)), replace=False)]
+    return KMeansTargets.fit(sample, k, features=f"layer:{layer}", seed=seed, source=source)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """HuBERT masked-prediction pretraining from scratch (`daisy pretrain`).
 
-Iteration 1 predicts k-means clusters of MFCC frames (iteration 2: of a layer of iteration 1's
-model). Span masking (HuBERT's mask_prob 0.8 over span starts, length 10, through transformers'
+Iteration 1 predicts k-means clusters of MFCC frames; iteration 2 (`label_model`) clusters the
+states of a layer of an earlier model (HuBERT Base: layer 6 of 12 of iteration 1, K=500). Span
+masking (HuBERT's mask_prob 0.8 over span starts, length 10, through transformers'
 `_compute_mask_indices`), loss on masked frames only, cosine logits / 0.1 against label embeddings
 (`TeacherHead`), AdamW with linear warm-up and decay, conv front-end gradients scaled by 0.1.
 Optional denoising: noise mixed into the input at a random SNR while targets stay those of the clean
@@ -17,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +36,24 @@ from daisy.data.crops import random_crops
 from daisy.features import mfcc
 from daisy.io import atomic_dir, atomic_path, write_json
 from daisy.progress import progress
-from daisy.targets import KMeansTargets, TeacherHead
+from daisy.targets import KMeansTargets, TeacherHead, source_backbone
 from daisy.upstream import preset_config
 
 HOP, WINDOW = 320, 400
+# Default K. HuBERT Base: 100 on MFCC, then 500 on layer states (960 h of speech). Layer states of our tiny
+# models carry more than MFCC but the synthetic corpus is ~3 h (590k frames): 200 keeps ~3k frames per cluster.
+MFCC_CLASSES, LAYER_CLASSES = 100, 200
 
 
 @dataclass
 class PretrainConfig:
     preset: str = "tiny"
     overrides: dict = field(default_factory=lambda: {"layerdrop": 0.05})
-    num_classes: int = 100
-    label_features: str = "mfcc"  # or "layer:<l>" of `label_model` (iteration 2)
+    num_classes: int | None = None  # K; None: MFCC_CLASSES for MFCC labels, LAYER_CLASSES for layer labels
+    # Iteration 2: `label_model` is a model directory (a `daisy pretrain` export, or any HuBERT that
+    # HubertBackbone loads) whose layer states are clustered; label_features "layer:<l>" picks the layer
+    # (1-based), "layer" or None its middle one (L // 2, HuBERT Base's 6 of 12). Without a label_model: "mfcc".
+    label_features: str | None = None
     label_model: str | None = None
     kmeans_frames: int = 200_000
     steps: int = 20_000
@@ -86,6 +94,23 @@ class PretrainConfig:
             lr=1e-3,
             checkpoint_every=100,
         )
+
+    def resolved(self) -> PretrainConfig:
+        """A copy with the label defaults filled in (so config.json, checkpoints and exports record them)."""
+        features = self.label_features or ("mfcc" if self.label_model is None else "layer")
+        if features == "mfcc":
+            if self.label_model is not None:
+                raise ValueError(f"label_model {self.label_model!r} is for layer labels, but label_features is 'mfcc'")
+            return replace(self, label_features=features, num_classes=self.num_classes or MFCC_CLASSES)
+        if self.label_model is None:
+            raise ValueError(f"label_features {features!r} needs label_model: the model whose layer states to cluster")
+        if not re.fullmatch(r"layer(:\d+)?", features):
+            raise ValueError(f"label_features must be 'mfcc', 'layer' or 'layer:<l>', got {features!r}")
+        num_layers = source_backbone(str(Path(self.label_model).resolve())).num_layers
+        layer = int(features[6:]) if ":" in features else num_layers // 2
+        if not 1 <= layer <= num_layers:
+            raise ValueError(f"label layer {layer} out of range 1..{num_layers} of {self.label_model}")
+        return replace(self, label_features=f"layer:{layer}", num_classes=self.num_classes or LAYER_CLASSES)
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -133,14 +158,47 @@ def frames_for(samples: int) -> int:
 
 
 def fit_labels(wavs: list[np.ndarray], config: PretrainConfig) -> tuple[KMeansTargets, list]:
-    """k-means on a sample of frames, then a label per frame of every utterance."""
-    from daisy.pipeline import fit_mfcc_kmeans
+    """k-means on a sample of frames (MFCC, or a layer of `config.label_model`), then a label per frame of
+    every utterance."""
+    from daisy.pipeline import fit_layer_kmeans, fit_mfcc_kmeans
 
-    if config.label_features != "mfcc":
-        raise NotImplementedError("iteration-2 labels (layer features) are not implemented yet")
-    feats = [mfcc(torch.from_numpy(w)) for w in wavs]  # computed once: for fitting and for labelling
-    km = fit_mfcc_kmeans(wavs, config.num_classes, config.kmeans_frames, config.seed, feats=feats)
-    return km, [km.assign(f).numpy().astype(np.int16) for f in feats]
+    config = config.resolved()
+    if config.label_features == "mfcc":
+        feats = [mfcc(torch.from_numpy(w)) for w in wavs]  # computed once: for fitting and for labelling
+        km = fit_mfcc_kmeans(wavs, config.num_classes, config.kmeans_frames, config.seed, feats=feats)
+        return km, [km.assign(f).numpy().astype(np.int16) for f in feats]
+    layer = int(config.label_features.split(":")[1])
+    km = fit_layer_kmeans(wavs, config.label_model, layer, config.num_classes, config.kmeans_frames, config.seed)
+    return km, utterance_labels(km, wavs)
+
+
+def utterance_labels(km: KMeansTargets, wavs: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+    """k-means ids of every utterance, batched: `frames_for(samples)` of them, the frames of the model trained."""
+    from daisy.pipeline import batches
+
+    labels: list[np.ndarray] = [np.empty(0, np.int16)] * len(wavs)
+    for idx, padded, lengths in batches(wavs, batch_size):
+        want = torch.tensor([frames_for(n) for n in lengths.tolist()])
+        ids = km.targets(padded, lengths, frames=want)  # a label model with other conv geometry: aligned here
+        for row, i in enumerate(idx):
+            labels[i] = ids[row, : want[row]].numpy().astype(np.int16)
+    return labels
+
+
+def check_resume(out: str | Path, config: PretrainConfig) -> None:
+    """Where `out` already holds labels, refuse a (resolved) config that asks for other ones."""
+    if (Path(out) / "labels.npz").is_file():
+        _check_stored_labels(KMeansTargets.load(Path(out) / "kmeans.safetensors"), config, Path(out))
+
+
+def _check_stored_labels(km: KMeansTargets, config: PretrainConfig, out: Path) -> None:
+    """A resumed run must keep its labels: refuse a config that asks for other ones."""
+    source = None if config.label_model is None else str(Path(config.label_model).resolve())
+    if km.features != config.label_features or km.source != source:
+        raise ValueError(
+            f"{out} holds labels of {km.describe()}, but the config asks for {config.label_features}"
+            f"{'' if source is None else ' of ' + source}: use another --out"
+        )
 
 
 def _batch(step: int, rank: int, wavs, labels, config: PretrainConfig, others):
@@ -184,6 +242,7 @@ def pretrain(
     running again resumes.
     """
     out = Path(out)
+    config = config.resolved()
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
@@ -193,6 +252,7 @@ def pretrain(
         stored = np.load(label_file)
         labels = [stored[f"u{i}"] for i in range(len(wavs))]
         km = KMeansTargets.load(out / "kmeans.safetensors")
+        _check_stored_labels(km, config, out)
     else:
         km, labels = fit_labels(wavs, config)
         if rank == 0:
@@ -293,7 +353,11 @@ def export(
             "final_loss": float(np.mean([r["loss"] for r in tail])) if tail else math.nan,
             "final_masked_acc": float(np.mean([r["masked_acc"] for r in tail])) if tail else math.nan,
         }
-        (tmp / "pretrain.json").write_text(json.dumps({"config": asdict(config), "summary": summary}, indent=2))
+        # what kmeans.safetensors clusters: code that labels audio with it must compute the same features
+        labels = {"features": km.features, "source": km.source, "num_classes": km.num_classes}
+        (tmp / "pretrain.json").write_text(
+            json.dumps({"config": asdict(config), "labels": labels, "summary": summary}, indent=2)
+        )
 
 
 def export_checkpoint(run: str | Path, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:

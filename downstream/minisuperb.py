@@ -13,6 +13,7 @@ the full model (100); the average over tasks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from daisy.compute import compute_share
 from daisy.downstream import metrics
 from daisy.downstream.featurizer import WeightedSum
 from daisy.downstream.probes import CharVocab, CTCProbe, EnhancementProbe, SeparationProbe, SIDProbe
-from daisy.downstream.tasks import TASKS, TaskData
+from daisy.downstream.tasks import SYNTHETIC_SOURCES, TASKS, TaskData
 from daisy.features import mfcc
 from daisy.io import atomic_path, write_json
 from daisy.model import EarlyExitHubert
@@ -69,16 +70,32 @@ class Features:
 
     states: list[torch.Tensor]
     entropy: torch.Tensor
+    key: str = ""  # digest of the model and the audio these features come from
 
     @property
     def frames(self) -> list[int]:
         return [s.shape[1] for s in self.states]
 
 
+def fingerprint(wavs: list[np.ndarray], model: torch.nn.Module | None = None) -> str:
+    """A digest of the audio (and the model's weights), so cached features are reused only for the same."""
+    digest = hashlib.sha1()
+    for tensor in model.state_dict().values() if model is not None else ():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for wav in wavs:
+        digest.update(np.ascontiguousarray(wav, dtype=np.float32).tobytes())
+        digest.update(len(wav).to_bytes(8, "little"))
+    return digest.hexdigest()
+
+
 @torch.no_grad()
 def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None = None) -> Features:
+    """Every layer's states and every head's entropy of `wavs`; cached at `cache` for this model and audio."""
+    key = fingerprint(wavs, model)
     if cache is not None and cache.is_file():
-        return Features(**torch.load(cache, weights_only=True))
+        stored = torch.load(cache, weights_only=True)
+        if stored.get("key") == key:
+            return Features(**stored)
     states: list = [None] * len(wavs)
     entropy = torch.zeros(len(wavs), model.num_layers)
     with progress() as bar:
@@ -90,7 +107,7 @@ def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None =
                 states[i] = stacked[:, row, : int(trace.lengths[row])].half().clone()
             entropy[idx] = trace.scores["entropy"]
             bar.advance(task, len(idx))
-    features = Features(states, entropy)
+    features = Features(states, entropy, key)
     if cache is not None:
         with atomic_path(cache, suffix=".pt") as tmp:
             torch.save(asdict(features), tmp)
@@ -100,7 +117,7 @@ def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None =
 def mfcc_features(wavs: list[np.ndarray]) -> Features:
     """The baseline: MFCC + deltas as a single 'layer' (1, T, 39), frame-aligned with HuBERT's."""
     states = [mfcc(torch.from_numpy(w))[None].half() for w in wavs]
-    return Features(states, torch.zeros(len(wavs), 0))
+    return Features(states, torch.zeros(len(wavs), 0), "mfcc-" + fingerprint(wavs))
 
 
 def settings(model: EarlyExitHubert, dev_entropy: torch.Tensor, config: MiniSuperbConfig) -> dict[str, policies.Policy]:
@@ -163,8 +180,21 @@ def train_and_evaluate(
     vocab: CharVocab,
     speakers: int,
 ) -> dict:
+    probe = train_probe(task, *train, train_exits, config, vocab, speakers)
+    return evaluate(probe, task, *test, test_exits, vocab, config.max_eval_signals)
+
+
+def train_probe(
+    task: str,
+    train_feats: Features,
+    train_data: TaskData,
+    train_exits,
+    config: MiniSuperbConfig,
+    vocab: CharVocab,
+    speakers: int = 0,
+) -> Probe:
+    """A featurizer + probe trained on `train_feats` cut at `train_exits` (None: every layer)."""
     size = SIZES[config.size]
-    (train_feats, train_data), (test_feats, test_data) = train, test
     depth, _, dim = train_feats.states[0].shape
     torch.manual_seed(config.seed)
     probe = Probe(task, depth, dim, size, config.featurizer, vocab, speakers)
@@ -179,8 +209,7 @@ def train_and_evaluate(
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
-    probe.eval()
-    return _evaluate(probe, task, test_feats, test_data, test_exits, vocab, config.max_eval_signals)
+    return probe.eval()
 
 
 def _loss(head, task, feats, frames, idx, data: TaskData, vocab: CharVocab):
@@ -195,7 +224,7 @@ def _loss(head, task, feats, frames, idx, data: TaskData, vocab: CharVocab):
 
 
 @torch.no_grad()
-def _evaluate(probe: Probe, task, feats: Features, data: TaskData, exits, vocab, max_signals: int) -> dict:
+def evaluate(probe: Probe, task, feats: Features, data: TaskData, exits, vocab, max_signals: int) -> dict:
     count = len(feats.states) if task in ("asr", "sid") else min(len(feats.states), max_signals)
     hyps, preds, scores = [], [], {"pesq": [], "stoi": [], "si_sdri": []}
     for start in range(0, count, 8):
@@ -300,10 +329,16 @@ def run(
     dev_wavs: list[np.ndarray],
     out: Path,
     config: MiniSuperbConfig,
+    source: dict[str, str] | None = None,
 ) -> dict:
-    """data: input set ('clean', 'noisy', 'mix') -> split ('train', 'test') -> TaskData."""
+    """data: input set -> split ('train', 'test') -> TaskData; source: task -> input set, by default the
+    synthetic sets ('clean' for asr and sid, 'noisy' for se, 'mix' for ss). Features are extracted once
+    per input set."""
     out = Path(out)
-    source = {"asr": "clean", "sid": "clean", "se": "noisy", "ss": "mix"}
+    source = SYNTHETIC_SOURCES if source is None else source
+    missing = [t for t in config.tasks if source.get(t) not in data]
+    if missing:
+        raise ValueError(f"no data for task(s) {', '.join(missing)}: input sets given are {', '.join(data)}")
     needed = sorted({source[t] for t in config.tasks})
     feats = {
         (s, split): extract(model, data[s][split].inputs, out / "features" / f"{s}-{split}.pt")
@@ -311,12 +346,12 @@ def run(
         for split in ("train", "test")
     }
     base = {(s, split): mfcc_features(data[s][split].inputs) for s in needed for split in ("train", "test")}
-    dev_entropy = extract(model, dev_wavs, out / "features" / "dev.pt").entropy
+    dev = extract(model, dev_wavs, out / "features" / "dev.pt")
+    dev_entropy = dev.entropy
     chosen = settings(model, dev_entropy, config)
     vocab = CharVocab()
-    speakers = (
-        max(data["clean"]["train"].speakers + data["clean"]["test"].speakers, default=0) + 1 if "clean" in data else 0
-    )
+    sid = data.get(source.get("sid"))
+    speakers = max(sid["train"].speakers + sid["test"].speakers, default=0) + 1 if sid else 0
     results: dict[str, dict] = {}
     config_key = json.loads(json.dumps(asdict(config)))
     jobs = [(t, s) for t in config.tasks for s in ["mfcc", *chosen]]
@@ -324,14 +359,17 @@ def run(
         task_bar = bar.add_task("probes", total=len(jobs))
         for task, setting in jobs:
             cached = out / "results" / f"{task}-{setting}.json"
-            if cached.is_file() and json.loads(cached.read_text()).get("config") == config_key:
-                results.setdefault(task, {})[setting] = json.loads(cached.read_text())
-                bar.advance(task_bar)
-                continue
-            bar.update(task_bar, description=f"probe {task} / {setting}")
             key = source[task]
             pool = base if setting == "mfcc" else feats
             train_f, test_f = pool[(key, "train")], pool[(key, "test")]
+            inputs = hashlib.sha1(f"{train_f.key} {test_f.key} {dev.key}".encode()).hexdigest()
+            record = json.loads(cached.read_text()) if cached.is_file() else {}
+            # a cached result counts only for the same config, model and audio (dev included: it calibrates)
+            if record.get("config") == config_key and record.get("inputs") == inputs:
+                results.setdefault(task, {})[setting] = record
+                bar.advance(task_bar)
+                continue
+            bar.update(task_bar, description=f"probe {task} / {setting}")
             exits = (
                 (None, None)
                 if setting == "mfcc"
@@ -342,7 +380,9 @@ def run(
             )
             depth = None if exits[1] is None else exits[1].float().mean().item()
             record = {
-                "config": config_key,  # a cached result counts only for the same config
+                "config": config_key,
+                "input": key,
+                "inputs": inputs,
                 "metrics": result,
                 "mean_depth": depth,
                 "compute_share": None if depth is None else compute_share(model.backbone.config, depth),

@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import random_early_exit
 from daisy import audio
 from daisy.cli import app
+from daisy.targets import KMeansTargets
 
 runner = CliRunner()
 
@@ -85,3 +87,19 @@ def test_calibrate_writes_the_budget_into_the_model(model_dir, tmp_path, wavs):
     assert policy["name"] == "budget" and policy["target_depth"] == 2.0
     result = runner.invoke(app, ["calibrate", "--model", str(model_dir), "--data", str(tmp_path)])
     assert result.exit_code == 1 and "exactly one of --depth or --compute" in result.output
+
+
+def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):
+    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "run"), "--label-layer", "2"])
+    assert result.exit_code == 1 and "needs --labels-from" in result.output
+    args = ["pretrain", "--out", str(tmp_path / "run"), "--labels-from", str(model_dir), "--label-layer", "9"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "label layer 9 out of range 1..3" in result.output
+    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "run"), "--labels-from", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "missing" in result.output
+    assert not (tmp_path / "run").exists()
+    # a run folder keeps its labels: resuming it with MFCC labels is refused before any work
+    KMeansTargets(torch.randn(4, 16), "layer:2", source=str(model_dir)).save(tmp_path / "run" / "kmeans.safetensors")
+    np.savez(tmp_path / "run" / "labels.npz", u0=np.zeros(3, np.int16))
+    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "holds labels of layer 2 states" in result.output

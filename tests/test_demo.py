@@ -15,13 +15,18 @@ def test_quick_demo_writes_the_report_and_reruns_cheaply(tmp_path, monkeypatch):
         "noise_sweep/exit_depth_vs_snr.png",
         "noise_sweep/exit_histogram.png",
         "noise_sweep/exit_layers.csv",
+        "noise_sweep/asr_cer_vs_snr.png",
     ):
         assert (report / name).stat().st_size > 0, name
     stored = json.loads((report / "results.json").read_text())
     conditions = {(s["noise"], s["snr"]) for s in stored["noise_sweep"]["summary"]}
     assert ("clean", None) in conditions and ("babble", 0.0) in conditions
     assert "Exit depth vs noise" in (report / "report.md").read_text()
+    assert "ASR per noise condition" in (report / "report.md").read_text()
+    asr = {(r["noise"], r["snr"], r["setting"]) for r in stored["asr_per_snr"]["rows"]}
+    assert ("babble", 0.0, "daisy") in asr and ("clean", None, "full") in asr
     model_time = (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns
     again = run_demo(tmp_path / "demo", DemoConfig(quick=True))  # every stage reused
     assert (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns == model_time
     assert again["noise_sweep"]["summary"] == results["noise_sweep"]["summary"]
+    assert again["asr_per_snr"] == results["asr_per_snr"]

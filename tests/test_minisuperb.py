@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from daisy.downstream.minisuperb import MiniSuperbConfig, run, score
 from daisy.downstream.tasks import synthetic_tasks
@@ -44,3 +45,21 @@ def test_quick_run_writes_results_for_every_task_and_setting(tmp_path, quick_cor
     cached = json.loads((tmp_path / "results" / "sid-full.json").read_text())
     again = run(model, data, dev, tmp_path, MiniSuperbConfig(size="quick"))  # resumed from the cache
     assert again["results"]["sid"]["full"] == cached
+
+
+def test_feature_cache_is_reused_only_for_the_same_model_and_audio(tmp_path):
+    import numpy as np
+
+    from conftest import random_early_exit
+    from daisy.downstream.minisuperb import extract
+
+    rng = np.random.default_rng(0)
+    wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 9000)]
+    model, cache = random_early_exit(), tmp_path / "f.pt"
+    first = extract(model, wavs, cache)
+    stamp = cache.stat().st_mtime_ns
+    assert extract(model, wavs, cache).key == first.key and cache.stat().st_mtime_ns == stamp  # reused
+    shorter = extract(model, [wavs[0][:4000], wavs[1]], cache)  # other audio: extracted again
+    assert shorter.key != first.key and shorter.states[0].shape[1] < first.states[0].shape[1]
+    other = extract(random_early_exit(seed=1), [wavs[0][:4000], wavs[1]], cache)  # other model: again
+    assert other.key != shorter.key and not torch.equal(other.states[1][1], shorter.states[1][1])

@@ -157,3 +157,22 @@ def test_bad_input_reaches_the_user_as_value_error():
     model = random_early_exit()
     with pytest.raises(ValueError, match="utterance 0 has 100 samples"):
         model(*padded_batch([100]))
+
+
+def test_head_scores_equal_their_definitions_over_valid_frames():
+    from daisy.heads import ExitHeads
+
+    torch.manual_seed(0)
+    heads = ExitHeads(2, 16, 7)
+    feats = torch.randn(3, 10, 16) * 3
+    mask = torch.arange(10)[None] < torch.tensor([10, 6, 1])[:, None]
+    targets = torch.randint(0, 7, (3, 10))
+    got = heads.scores(2, feats, mask, targets)
+    for b in range(3):
+        n = int(mask[b].sum())
+        logits = heads.heads[1](feats[b, :n])
+        dist = torch.distributions.Categorical(logits=logits)
+        torch.testing.assert_close(got["entropy"][b], dist.entropy().mean())
+        torch.testing.assert_close(got["confidence"][b], dist.probs.max(-1).values.mean())
+        torch.testing.assert_close(got["loss"][b], torch.nn.functional.cross_entropy(logits, targets[b, :n]))
+    assert set(heads.scores(1, feats, mask, which=("entropy",))) == {"entropy"}

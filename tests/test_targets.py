@@ -9,7 +9,7 @@ import torch
 from conftest import random_early_exit, varied_batch
 from daisy.features import deltas, mfcc
 from daisy.model import EarlyExitHubert
-from daisy.targets import KMeansTargets, TeacherHead
+from daisy.targets import KMeansTargets, TeacherHead, align_frames
 
 
 def test_teacher_logits_are_cosine_over_temperature():
@@ -90,3 +90,16 @@ def test_kmeans_targets_on_mfcc_and_layer_features(tmp_path):
     assert model.teacher_targets(wavs, lengths).tolist() == expected.tolist()
     model.save_pretrained(tmp_path / "m")
     assert EarlyExitHubert.from_pretrained(tmp_path / "m").kmeans.features == "layer:2"
+
+
+def test_label_frames_align_to_the_trained_models_frames(tmp_path):
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])
+    # a label model one frame short on the second utterance, one long on the first: repeat / drop at the end
+    aligned = align_frames(ids, torch.tensor([4, 2]), torch.tensor([3, 3]))
+    assert aligned.tolist() == [[1, 2, 3], [5, 6, 6]]
+    km = KMeansTargets(torch.randn(3, 4), "layer:2", source=str(tmp_path / "it1"))
+    km.save(tmp_path / "km.safetensors")
+    loaded = KMeansTargets.load(tmp_path / "km.safetensors")
+    assert (loaded.features, loaded.source) == ("layer:2", str(tmp_path / "it1"))
+    with pytest.raises(FileNotFoundError, match="it1, which is missing"):
+        loaded.targets(torch.randn(1, 1600))

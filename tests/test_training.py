@@ -6,13 +6,17 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from daisy.data.corpus import load_manifest
 from daisy.model import EarlyExitHubert
 from daisy.pipeline import prepare_model
-from daisy.pretrain import PretrainConfig, pretrain
+from daisy.pretrain import PretrainConfig, frames_for, pretrain
+from daisy.targets import KMeansTargets
+from daisy.teacher_report import masked_prediction
 from daisy.train_heads import HeadTrainConfig, train_heads
+from daisy.upstream import HubertBackbone
 
 
 def small_config(**fields):
@@ -39,6 +43,41 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path, quick_corpus):
         == {p.name for p in resumed.iterdir()}
         == {"config.json", "model.safetensors", "teacher_head.safetensors", "kmeans.safetensors", "pretrain.json"}
     )
+
+
+def test_iteration_two_labels_come_from_a_layer_of_iteration_one(tmp_path, quick_corpus):
+    utts = load_manifest(quick_corpus, "train")[:30]
+    wavs = [u.load() for u in utts]
+    first = pretrain(utts, tmp_path / "it1", small_config())
+    with pytest.raises(ValueError, match="out of range 1..4"):
+        small_config(label_model=str(first), label_features="layer:5").resolved()
+    second = pretrain(utts, tmp_path / "it2", small_config(label_model=str(first), num_classes=10))
+
+    meta = json.loads((second / "pretrain.json").read_text())
+    source = str(first.resolve())
+    assert meta["config"]["label_features"] == "layer:2"  # the middle of 4 layers, recorded
+    assert meta["labels"] == {"features": "layer:2", "source": source, "num_classes": 10}
+    km = KMeansTargets.load(second / "kmeans.safetensors")
+    assert (km.features, km.source, km.num_classes) == ("layer:2", source, 10)
+    stored = np.load(tmp_path / "it2" / "labels.npz")
+    labels = [stored[f"u{i}"] for i in range(len(wavs))]
+    assert [len(lab) for lab in labels] == [frames_for(len(w)) for w in wavs]
+    assert 1 < len(np.unique(np.concatenate(labels))) <= 10
+    states = HubertBackbone.from_pretrained(first).hidden_states(torch.from_numpy(wavs[0])[None])[2][0]
+    assert labels[0].tolist() == km.assign(states).tolist()  # batched labelling = one utterance alone
+
+    report = masked_prediction(second, wavs[:4])
+    assert 0 <= report["masked_accuracy"] <= 1 and report["chance"] == 0.1
+    early = prepare_model(second)
+    early.config.targets = "kmeans"  # the codebook kept along labels with the source model's layer 2
+    lengths = torch.tensor([len(wavs[0])])
+    assert early.teacher_targets(torch.from_numpy(wavs[0])[None], lengths)[0].tolist() == labels[0].tolist()
+
+    with pytest.raises(ValueError, match="holds labels of layer 2 states"):
+        pretrain(utts, tmp_path / "it2", small_config())  # resuming with other labels
+    first.rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        masked_prediction(second, wavs[:2])
 
 
 def test_pretraining_learns_and_heads_learn_the_teacher(tmp_path, quick_corpus):

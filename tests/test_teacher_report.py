@@ -1,0 +1,53 @@
+"""Teacher figures for the model card: per-layer frame features and the linear CTC character probe."""
+
+import numpy as np
+import torch
+
+from conftest import random_early_exit
+from daisy.model_card import per_feature, probe_table
+from daisy.teacher_report import char_probe, frame_layers
+
+
+def synthetic_char_task(n: int, seed: int, dim: int = 8):
+    """Texts over 'abc' and two frame features per utterance: one says each character (3 frames, then a
+    pause frame), the other is noise of the same shape."""
+    fixed = np.random.default_rng(0)  # the same code per character in train and test
+    codes = {c: fixed.normal(0, 1, dim) for c in "abc"}
+    pause = fixed.normal(0, 1, dim)
+    rng = np.random.default_rng(seed)
+    texts, informative, noise = [], [], []
+    for _ in range(n):
+        text = "".join(rng.choice(list("abc"), size=int(rng.integers(3, 7))))
+        frames = np.concatenate([np.stack([codes[c]] * 3 + [pause]) for c in text])
+        frames = frames + rng.normal(0, 0.3, frames.shape)
+        texts.append(text)
+        informative.append(torch.from_numpy(frames).half())
+        noise.append(torch.from_numpy(rng.normal(0, 1, frames.shape)).half())
+    return texts, [informative, noise]
+
+
+def test_linear_ctc_probe_learns_characters_per_feature_index():
+    train_texts, train_x = synthetic_char_task(60, seed=0)
+    test_texts, test_x = synthetic_char_task(20, seed=1)
+    cers = char_probe(train_x, train_texts, test_x, test_texts, steps=300)
+    untrained = char_probe(train_x, train_texts, test_x, test_texts, steps=0)
+    assert len(cers) == len(untrained) == 2  # one CER per feature index
+    assert cers[0] < 0.1 and untrained[0] > 0.5, (cers, untrained)
+    assert cers[1] > 0.5  # noise says nothing about characters
+    assert char_probe(train_x, train_texts, test_x, test_texts, steps=300) == cers  # fixed seed
+
+
+def test_frame_layers_of_a_model_feed_the_probe_and_the_card(tmp_path):
+    model = random_early_exit()
+    model.backbone.save_pretrained(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    wavs = [rng.normal(0, 0.1, n).astype(np.float32) for n in (4000, 6400, 9000)]
+    feats = frame_layers(tmp_path / "m", wavs)
+    assert len(feats) == model.num_layers + 2  # MFCC, states 0..L
+    assert [tuple(f.shape) for f in feats[0]] == [((len(w) - 400) // 320 + 1, 39) for w in wavs]
+    assert feats[1][2].shape == ((9000 - 400) // 320 + 1, model.backbone.hidden_size)
+    cers = char_probe(feats, ["a b", "ab", "ba"], feats, ["a b", "ab", "ba"], steps=4)
+    assert len(cers) == model.num_layers + 2
+    table = probe_table({"speaker_probe": per_feature([0.5] * len(cers)), "char_probe": per_feature(cers)})
+    assert table[2].startswith("| mfcc | 0.500 |") and table[-1].startswith(f"| state_{model.num_layers} |")
+    assert probe_table({"speaker_probe": {"mfcc": 0.5}})[-1] == "| mfcc | 0.500 | - |"  # cards made before
