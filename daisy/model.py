@@ -161,7 +161,9 @@ class EarlyExitHubert(nn.Module):
                 tgt = None if targets is None else targets[active, : x.shape[1]]
                 layer_scores = self.heads.scores(layer, feats, mask, tgt, which, weights)
                 for name, value in layer_scores.items():
-                    scores.setdefault(name, x.new_full((batch, num_layers), float("nan")))[active, layer - 1] = value
+                    if name not in scores:
+                        scores[name] = x.new_full((batch, num_layers), float("nan"))
+                    scores[name][active, layer - 1] = value
             if keep_states:
                 full = states[-1].clone()
                 full[active, : x.shape[1]] = x
