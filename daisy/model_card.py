@@ -9,6 +9,7 @@ and card.json beside the weights.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -70,11 +71,12 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
             "config": pretrain_log["config"],
             "steps": len(pretrain_log["log"]),
             "last_log": pretrain_log["log"][-1],
+            "seconds_last_run": pretrain_log.get("seconds_this_run"),
         },
         "figures": figures,
         "policy": model.policy.to_dict(),
         "corpus": str(splits["train"][0].path.parent.parent),
-        "hardware": f"{platform.machine()}, {torch.get_num_threads()} CPU threads",
+        "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads used",
         "ship_seconds": time.time() - began,
     }
     write_json(out / "card.json", card)
@@ -115,7 +117,11 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         "",
         f"Pretraining config: `{json.dumps(pre['config'])}`  ",
         f"Steps run: {pre['steps']} (last: {pre['last_log']}).  ",
-        f"Hardware: {card['hardware']}.",
+        f"Figures below measured on: {card['hardware']}.  ",
+        "Pretraining ran on CPU in resumable pieces (`--time-limit`)"
+        + (
+            f"; the last piece took {pre['seconds_last_run'] / 60:.0f} minutes." if pre.get("seconds_last_run") else "."
+        ),
         "",
         "## Teacher quality (held-out dev split, clean)",
         "",
