@@ -1,11 +1,12 @@
 """Which pretraining recipe makes a teacher whose DAISY exits rise with noise, at an equal budget.
 
-Three recipes of the shipped model's pretraining (the same tiny preset, corpus, MFCC labels, seed and
-number of steps), differing only in the two options the shipped recipe adds to plain HuBERT:
+Four recipes of the shipped model's pretraining (the same tiny preset, corpus, MFCC labels, seed and
+number of steps), crossing the two options the shipped recipe adds to plain HuBERT:
   plain             HuBERT iteration 1: clean input, loss on masked frames only
+  nomask            plus fairseq's pred_nomask_weight 0.5: also predict the unmasked frames (DAISY
+                    reads the model's answer on unmasked input)
   denoising         noise or babble mixed into half the inputs (-5..20 dB), clean targets (as WavLM)
-  denoising+nomask  the same, plus fairseq's pred_nomask_weight 0.5 (also predict unmasked frames;
-                    DAISY reads the model's answer on unmasked input): the shipped recipe
+  denoising+nomask  both: the shipped recipe
 Each then gets DAISY heads (the same head training), calibrated to the same mean depth on dev, and a
 noise sweep on test. Printed per recipe, measured in one run: masked accuracy, classes its own
 argmax uses, and mean exit depth clean / 10 / 0 dB with the ratio 0 dB over clean (> 1: exits later
@@ -35,6 +36,7 @@ from daisy.train_heads import HeadTrainConfig, train_heads
 
 RECIPES = {
     "plain": {"noise_prob": 0.0, "pred_nomask_weight": 0.0},
+    "nomask": {"noise_prob": 0.0, "pred_nomask_weight": 0.5},
     "denoising": {"noise_prob": 0.5, "pred_nomask_weight": 0.0},
     "denoising+nomask": {"noise_prob": 0.5, "pred_nomask_weight": 0.5},
 }
@@ -105,7 +107,7 @@ def main() -> None:
             *(f"{e[k]:.2f}" for k in ("clean@clean", "white@10", "white@0", "babble@10", "babble@0")),
             f"{e['white@0'] / e['clean@clean']:.2f}, {e['babble@0'] / e['clean@clean']:.2f}",
         )
-    Console().print(table)
+    Console(width=140).print(table)
     if args.json:
         write_json(args.json, {"steps": args.steps, "head_steps": args.head_steps, "results": results})
 

@@ -11,7 +11,8 @@ the measured conv front-end time and d the frame-weighted mean exit depth; and t
 >= 0.9). The multiply-add share at that depth (`daisy.compute`) is printed too: on CPU the conv
 front-end costs far more time than its multiply-adds suggest.
 
-    python benchmarks/speed.py [--model DIR] [--depth 3.0] [--utterances 32] [--repeats 5]
+    python benchmarks/speed.py [--model DIR | --preset base --classes 500] [--depth 3.0] [--utterances 32]
+        [--repeats 5]
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def load_model(path: str | None) -> EarlyExitHubert:
+def load_model(path: str | None, preset: str = "tiny", classes: int = 100) -> EarlyExitHubert:
     if path:
         return EarlyExitHubert.from_pretrained(path)
     from daisy.upstream import HubertBackbone
 
-    model = EarlyExitHubert.from_backbone(HubertBackbone.from_preset("tiny"), 100)
+    model = EarlyExitHubert.from_backbone(HubertBackbone.from_preset(preset), classes)
     with torch.no_grad():  # spread random heads so entropies differ between utterances
         for head in model.heads.heads:
             head.weight.normal_(0.0, 300.0 / head.in_features**0.5)
@@ -127,13 +128,15 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="daisy model directory (default: a random tiny model)")
+    parser.add_argument("--model", help="daisy model directory (default: a random model of --preset)")
+    parser.add_argument("--preset", default="tiny", help="without --model: tiny, base or large (random weights)")
+    parser.add_argument("--classes", type=int, default=100, help="without --model: head classes C")
     parser.add_argument("--depth", type=float, default=None, help="target mean exit depth (default L / 2)")
     parser.add_argument("--utterances", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    model = load_model(args.model)
+    model = load_model(args.model, args.preset, args.classes)
     rows = run(model, speech(args.utterances), args.depth or model.num_layers / 2, args.repeats)
     table = Table(
         title=f"early exit vs full model ({model.num_layers} layers, {args.utterances} utterances, "
@@ -162,7 +165,7 @@ def main() -> None:
     if args.json:
         from daisy.io import write_json
 
-        write_json(args.json, {"model": args.model or "random tiny", "rows": rows})
+        write_json(args.json, {"model": args.model or f"random {args.preset}, C={args.classes}", "rows": rows})
 
 
 if __name__ == "__main__":
