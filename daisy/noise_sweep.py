@@ -19,7 +19,7 @@ import numpy as np
 
 from daisy.compute import compute_share
 from daisy.data.noise import make_noise, mix_at_snr
-from daisy.io import atomic_path, write_json
+from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
 from daisy.pipeline import trace_scores
 from daisy.progress import progress
@@ -171,7 +171,7 @@ def plot(summary: list[dict], num_layers: int, out: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend()
     paths = [out / "exit_depth_vs_snr.png"]
-    _save(fig, paths[0])
+    save_figure(fig, paths[0])
 
     conditions = ([clean] if clean else []) + [s for s in summary if s["snr"] is not None]
     by_snr: dict = {}
@@ -188,16 +188,8 @@ def plot(summary: list[dict], num_layers: int, out: Path) -> list[Path]:
     ax.set_title("exit layers per SNR (all noise types)")
     ax.legend(fontsize=8)
     paths.append(out / "exit_histogram.png")
-    _save(fig, paths[1])
+    save_figure(fig, paths[1])
     return paths
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def write_results(

@@ -24,7 +24,7 @@ from daisy.data.noise import mix_at_snr
 from daisy.downstream.minisuperb import MiniSuperbConfig, evaluate, extract, train_probe
 from daisy.downstream.probes import CharVocab
 from daisy.downstream.tasks import TaskData
-from daisy.io import atomic_path, write_json
+from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
 from daisy.noise_sweep import CLEAN, SweepConfig, conditions, mixed, noise_for
 from daisy.progress import progress
@@ -167,10 +167,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     axes[0][0].set_ylabel("CER (lower is better)")
     axes[0][0].legend(fontsize=8)
     path = out / "asr_cer_vs_snr.png"
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_quality(rows: list[dict], out: str | Path) -> None:

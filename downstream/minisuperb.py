@@ -28,7 +28,7 @@ from daisy.downstream.featurizer import WeightedSum
 from daisy.downstream.probes import CharVocab, CTCProbe, EnhancementProbe, SeparationProbe, SIDProbe
 from daisy.downstream.tasks import SYNTHETIC_SOURCES, TASKS, TaskData
 from daisy.features import mfcc
-from daisy.io import atomic_path, write_json
+from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
 from daisy.pipeline import batches
 from daisy.progress import progress
@@ -317,10 +317,7 @@ def plot(results: dict, num_layers: int, out: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     path = out / "minisuperb.png"
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(
