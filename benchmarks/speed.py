@@ -1,171 +1,32 @@
-"""Wall-clock cost of early exit against the full model, measured in one run.
+"""Wall-clock cost of early exit against the full model, measured in one run (see `daisy.bench`).
 
-For batch 1 and batch 16 it times, on the same utterances:
-  reference   transformers' HubertModel(output_hidden_states=True)
-  full        our backbone stepping all layers (no heads)
-  full+heads  the early-exit model forced to full depth, every head scored (the heads' overhead)
-  early exit  the early-exit model under an entropy budget calibrated to --depth (compaction on)
-and prints speedup vs full next to the ideal speedup: full time over the time the same work would
-take if each utterance ran only its own layers, t_front + (d / L) (t_full - t_front), with t_front
-the measured conv front-end time and d the frame-weighted mean exit depth; and their ratio (target
->= 0.9). The multiply-add share at that depth (`daisy.compute`) is printed too: on CPU the conv
-front-end costs far more time than its multiply-adds suggest.
+    python benchmarks/speed.py [--model DIR | --preset base --classes 500] [--audio synthetic|DIR] [--depth 3.0]
+        [--utterances 32] [--repeats 5] [--json FILE]
 
-    python benchmarks/speed.py [--model DIR | --preset base --classes 500] [--depth 3.0] [--utterances 32]
-        [--repeats 5]
+The same as `daisy bench`.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import numpy as np
-import torch
-from rich.console import Console
-from rich.table import Table
-
-from daisy import policies
-from daisy.compute import compute_share
-from daisy.model import EarlyExitHubert
-from daisy.pipeline import batches, trace_scores
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def load_model(path: str | None, preset: str = "tiny", classes: int = 100) -> EarlyExitHubert:
-    if path:
-        return EarlyExitHubert.from_pretrained(path)
-    from daisy.upstream import HubertBackbone
-
-    model = EarlyExitHubert.from_backbone(HubertBackbone.from_preset(preset), classes)
-    with torch.no_grad():  # spread random heads so entropies differ between utterances
-        for head in model.heads.heads:
-            head.weight.normal_(0.0, 300.0 / head.in_features**0.5)
-    return model.eval()
-
-
-def speech(n: int, seed: int = 0) -> list[np.ndarray]:
-    """Held-out synthetic speech when espeak is available, else noise bursts of speech-like lengths."""
-    try:
-        from daisy.data.sources import load_all, utterances
-
-        return load_all(utterances("synthetic", "test"))[:n]
-    except (ImportError, RuntimeError, OSError):
-        rng = np.random.default_rng(seed)
-        return [0.1 * rng.standard_normal(int(rng.uniform(1.5, 4.0) * 16000)).astype(np.float32) for _ in range(n)]
-
-
-def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: int) -> list[dict]:
-    entropy = trace_scores(model, wavs)["entropy"]
-    budget = policies.calibrate_budget(entropy, depth)
-    never = policies.Entropy(threshold=-1.0)  # scores every head, exits nobody early
-    full_depth = policies.Fixed(layer=model.num_layers)
-    rows = []
-    for batch_size in (1, 16):
-        groups = list(batches(wavs, batch_size))
-
-        def timed(fn, groups=groups):
-            return median_seconds(lambda: [fn(p, n) for _, p, n in groups], repeats)
-
-        def with_policy(policy):
-            def fn(padded, lengths):
-                model.policy = policy
-                return model(padded, lengths, output_hidden_states=False)
-
-            return fn
-
-        def reference(padded, lengths):
-            attention = (torch.arange(padded.shape[1])[None] < lengths[:, None]).long()
-            return model.backbone.model(padded, attention_mask=attention, output_hidden_states=True)
-
-        def front_end(padded, lengths):
-            return model.embed(padded, lengths)
-
-        with torch.inference_mode():
-            t_front = timed(front_end)
-            t_ref = timed(reference)
-            t_full = timed(with_policy(full_depth))
-            t_heads = timed(with_policy(never))
-            t_exit = timed(with_policy(budget))
-            model.policy = budget
-            outs = [model(p, n, output_hidden_states=False) for _, p, n in groups]
-        exits = torch.cat([o.exit_layers for o in outs]).float()
-        frames = torch.cat([o.lengths for o in outs]).float()
-        mean_depth = exits.mean().item()
-        weighted_depth = ((exits * frames).sum() / frames.sum()).item()
-        ideal = t_full / (t_front + weighted_depth / model.num_layers * (t_full - t_front))
-        rows.append(
-            {
-                "batch": batch_size,
-                "front_end_s": t_front,
-                "reference_s": t_ref,
-                "full_s": t_full,
-                "full_heads_s": t_heads,
-                "early_exit_s": t_exit,
-                "mean_depth": mean_depth,
-                "frame_weighted_depth": weighted_depth,
-                "num_layers": model.num_layers,
-                "head_overhead": t_heads / t_full - 1,
-                "full_vs_reference": t_full / t_ref,
-                "speedup": t_full / t_exit,
-                "ideal_speedup": ideal,
-                "speedup_vs_ideal": (t_full / t_exit) / ideal,
-                "macs_share": compute_share(model.backbone.config, mean_depth),
-            }
-        )
-    return rows
+from daisy import bench
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="daisy model directory (default: a random model of --preset)")
     parser.add_argument("--preset", default="tiny", help="without --model: tiny, base or large (random weights)")
     parser.add_argument("--classes", type=int, default=100, help="without --model: head classes C")
+    parser.add_argument("--audio", default="synthetic", help="'synthetic' (its test split) or a folder of audio")
     parser.add_argument("--depth", type=float, default=None, help="target mean exit depth (default L / 2)")
     parser.add_argument("--utterances", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    model = load_model(args.model, args.preset, args.classes)
-    rows = run(model, speech(args.utterances), args.depth or model.num_layers / 2, args.repeats)
-    table = Table(
-        title=f"early exit vs full model ({model.num_layers} layers, {args.utterances} utterances, "
-        f"{torch.get_num_threads()} threads)"
+    bench.benchmark(
+        args.model, args.preset, args.classes, args.audio, args.depth, args.utterances, args.repeats, args.json
     )
-    columns = {
-        "batch": lambda r: str(r["batch"]),
-        "front-end": lambda r: f"{r['front_end_s'] * 1000:.0f} ms",
-        "transformers": lambda r: f"{r['reference_s'] * 1000:.0f} ms",
-        "full": lambda r: f"{r['full_s'] * 1000:.0f} ms",
-        "full+heads": lambda r: f"{r['full_heads_s'] * 1000:.0f} ms",
-        "early exit": lambda r: f"{r['early_exit_s'] * 1000:.0f} ms",
-        "mean depth": lambda r: f"{r['mean_depth']:.2f}",
-        "heads overhead": lambda r: f"{r['head_overhead'] * 100:+.1f} %",
-        "full/transformers": lambda r: f"{r['full_vs_reference']:.2f}",
-        "speedup": lambda r: f"{r['speedup']:.2f}x",
-        "ideal": lambda r: f"{r['ideal_speedup']:.2f}x",
-        "speedup/ideal": lambda r: f"{r['speedup_vs_ideal']:.2f}",
-        "MAC share": lambda r: f"{r['macs_share']:.2f}",
-    }
-    for name in columns:
-        table.add_column(name, justify="right")
-    for r in rows:
-        table.add_row(*(cell(r) for cell in columns.values()))
-    Console(width=160).print(table)
-    if args.json:
-        from daisy.io import write_json
-
-        write_json(args.json, {"model": args.model or f"random {args.preset}, C={args.classes}", "rows": rows})
 
 
 if __name__ == "__main__":

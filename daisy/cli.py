@@ -339,6 +339,26 @@ def minisuperb(
 
 
 @app.command()
+def bench(
+    model: Path = typer.Option(None, help="daisy model directory (default: a random model of --preset)"),
+    preset: str = typer.Option("tiny", help="without --model: tiny, base or large, random weights"),
+    classes: int = typer.Option(100, help="without --model: head classes C"),
+    audio: str = typer.Option("synthetic", help="'synthetic' (its test split) or a folder of audio"),
+    depth: float = typer.Option(None, help="mean exit depth the entropy budget is calibrated to (default L / 2)"),
+    utterances: int = typer.Option(32),
+    repeats: int = typer.Option(5, help="timings per figure; the median is reported"),
+    json_path: Path = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+):
+    """Wall-clock early exit vs full model (and vs transformers) at batch 1 and 16, with the ideal speedup."""
+    from daisy.bench import benchmark
+
+    try:
+        benchmark(str(model) if model else None, preset, classes, audio, depth, utterances, repeats, json_path)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+
+
+@app.command()
 def ship(
     run: Path = typer.Option(..., help="pretraining run folder (daisy pretrain --out)"),
     out_dir: Path = typer.Option(..., "--out", help="model directory to write (fp16) with MODEL_CARD.md"),

@@ -35,7 +35,7 @@ def wavs(tmp_path):
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("exit", "pretrain", "train-heads", "calibrate", "corpus", "demo", "info"):
+    for command in ("exit", "pretrain", "train-heads", "calibrate", "corpus", "demo", "info", "bench"):
         assert command in result.output
 
 
@@ -103,3 +103,18 @@ def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):
     np.savez(tmp_path / "run" / "labels.npz", u0=np.zeros(3, np.int16))
     result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "holds labels of layer 2 states" in result.output
+
+
+def test_bench_times_a_model_on_a_folder_and_writes_consistent_ratios(model_dir, wavs, tmp_path):
+    out = tmp_path / "speed.json"
+    args = ["--model", str(model_dir), "--audio", str(wavs[0].parent), "--repeats", "1", "--json", str(out)]
+    result = runner.invoke(app, ["bench", *args])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batch"] for r in rows] == [1, 16]
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["full_s"] / r["early_exit_s"])
+        assert r["speedup_vs_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
+        assert 1 <= r["mean_depth"] <= r["num_layers"] and 0 < r["macs_share"] <= 1
+    missing = runner.invoke(app, ["bench", "--model", str(model_dir), "--audio", str(tmp_path / "nowhere")])
+    assert missing.exit_code != 0 and "nowhere" in missing.output
