@@ -129,3 +129,26 @@ def test_layer_index_is_checked(tiny_backbone):
     x, mask = tiny_backbone.embed(*padded_batch([4000]))
     with pytest.raises(ValueError, match="layer index 4 out of range 1..3"):
         tiny_backbone.layer(4, x, mask)
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_return_ffn_gives_each_layers_feed_forward_output(stable):
+    torch.manual_seed(0)
+    backbone = HubertBackbone(HubertModel(tiny_config(stable)).eval())
+    wavs, lengths = padded_batch([9000, 6000])
+    seen = []
+    hooks = [
+        layer.feed_forward.register_forward_hook(lambda m, a, out: seen.append(out))
+        for layer in backbone.model.encoder.layers
+    ]
+    reference_states(backbone.model, wavs, lengths)  # transformers' forward, observed by our own hooks
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
+        x, mask = backbone.embed(wavs, lengths)
+        plain = x
+        for i in range(1, backbone.num_layers + 1):
+            x, ffn = backbone.layer(i, x, mask, return_ffn=True)
+            plain = backbone.layer(i, plain, mask)  # asking for the FFN output changes nothing else
+            torch.testing.assert_close(ffn, seen[i - 1], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(x, plain, rtol=0, atol=0)

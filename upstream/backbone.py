@@ -71,6 +71,7 @@ class HubertBackbone(nn.Module):
             normalize_waveform = bool(getattr(config, "normalize_waveform", False))
         config.normalize_waveform = normalize_waveform
         self.min_samples = self._receptive_field(config)
+        self._ffn_out: list | None = None  # filled by the feed-forward hooks once return_ffn is first asked for
 
     @staticmethod
     def _receptive_field(config: HubertConfig) -> int:
@@ -164,17 +165,28 @@ class HubertBackbone(nn.Module):
         if bias is None:
             bias = self.attention_bias(mask, x.dtype)
         module = self.model.encoder.layers[i - 1]
-        captured = []
-        hook = module.feed_forward.register_forward_hook(lambda m, a, out: captured.append(out)) if return_ffn else None
-        try:
-            out = module(x, attention_mask=bias)
-        finally:
-            if hook is not None:
-                hook.remove()
+        if return_ffn:
+            self._capture_ffn()[0] = None
+        out = module(x, attention_mask=bias)
         x = out[0] if isinstance(out, tuple) else out
         if i == self.num_layers and self.config.do_stable_layer_norm:
             x = self.model.encoder.layer_norm(x)
-        return (x, captured[0]) if return_ffn else x
+        if not return_ffn:
+            return x
+        ffn, self._ffn_out[0] = self._ffn_out[0], None
+        return x, ffn
+
+    def _capture_ffn(self) -> list:
+        """The slot every layer's feed-forward output lands in. The hooks are registered once, on first
+        use: adding and removing a hook at each call costs as much as a small model's exit head."""
+        if self._ffn_out is None:
+            self._ffn_out = [None]
+            for layer in self.model.encoder.layers:
+                layer.feed_forward.register_forward_hook(self._store_ffn)
+        return self._ffn_out
+
+    def _store_ffn(self, module, inputs, output) -> None:
+        self._ffn_out[0] = output
 
     def hidden_states(
         self, wavs: torch.Tensor, lengths: torch.Tensor | None = None, num_layers: int | None = None
