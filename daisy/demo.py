@@ -143,23 +143,29 @@ def _noise_sweep(out: Path, model, splits, config: DemoConfig) -> dict:
     if _stage("noise sweep", folder / "noise_sweep.json", config.fresh):
         utts = splits["test"][: config.sweep_utterances]
         wavs = load_all(utts)
-        sweep_config = ns.SweepConfig(snrs=(10.0, 0.0) if config.quick else (20.0, 10.0, 5.0, 0.0, -5.0))
+        sweep_config = _sweep_config(config)
         rows = ns.sweep(model, wavs, sweep_config, True, load_all(splits["train"][:64]))
         ns.write_results(rows, ns.summarize(rows, model), model, folder, [u.id for u in utts])
     summary = json.loads((folder / "noise_sweep.json").read_text())["summary"]
     return {"summary": summary, "monotone": ns.monotone(summary), "table": ns.markdown_table(summary)}
 
 
+def _sweep_config(config: DemoConfig):
+    """The noise conditions of the sweep and of the ASR-per-SNR stage (the same, so their rows line up)."""
+    from daisy import noise_sweep as ns
+
+    return ns.SweepConfig(snrs=(10.0, 0.0) if config.quick else (20.0, 10.0, 5.0, 0.0, -5.0))
+
+
 def _asr_per_snr(out: Path, model, splits, config: DemoConfig) -> dict:
     """ASR CER per noise condition at DAISY's exits, fixed truncation and the full model."""
-    from daisy import noise_sweep as ns
     from daisy import sweep_quality as sq
     from daisy.data.sources import load_all
 
     folder = out / "report" / "noise_sweep"
     if _stage("ASR quality per SNR", folder / "asr_quality.json", config.fresh):
         train, test = splits["train"][: config.probe_train], splits["test"][: config.sweep_utterances]
-        sweep_config = ns.SweepConfig(snrs=(10.0, 0.0) if config.quick else (20.0, 10.0, 5.0, 0.0, -5.0))
+        sweep_config = _sweep_config(config)
         rows = sq.asr_quality(
             model,
             (load_all(train), [u.text for u in train]),

@@ -91,7 +91,7 @@ def fingerprint(wavs: list[np.ndarray], model: torch.nn.Module | None = None) ->
 @torch.no_grad()
 def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None = None) -> Features:
     """Every layer's states and every head's entropy of `wavs`; cached at `cache` for this model and audio."""
-    key = fingerprint(wavs, model)
+    key = fingerprint(wavs, model) if cache is not None else ""  # hashing only pays where a cache is read
     if cache is not None and cache.is_file():
         stored = torch.load(cache, weights_only=True)
         if stored.get("key") == key:
