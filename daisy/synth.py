@@ -1,7 +1,8 @@
 """Offline English speech synthesis with espeak-ng.
 
 Uses the shared library and voice data shipped in the ``espeakng-loader`` wheel through ctypes (no root, no system
-package); falls back to an ``espeak-ng`` executable on PATH. Output is mono float32 at 16 kHz.
+package); falls back to an ``espeak-ng`` executable on PATH. Output is mono float32 at 16 kHz, and the same for the
+same text and voice (with the executable fallback, except for the BREATHY_VARIANTS).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+from elftools.elf.elffile import ELFFile
 
 SAMPLE_RATE = 16000
 
@@ -43,6 +46,9 @@ _UNUSABLE_VARIANTS = frozenset(
     | {"announcer", "caleb", "croak", "fast", "whisper", "whisperf"}
     | {"robosoft", *(f"robosoft{i}" for i in range(2, 9))}
 )
+# Variants whose voice file sets `breath`: espeak-ng draws that noise from generators seeded by time(NULL) or rand(),
+# which _private_library and _synth_library pin so that synthesis is reproducible.
+BREATHY_VARIANTS = ("Alicia", "Reed", "f2", "f3", "f5", "sandro", "victor")
 # en-shaw only differs from "en" for text in the Shavian alphabet.
 _UNUSABLE_VOICES = frozenset({"en-shaw"})
 
@@ -158,7 +164,41 @@ def _private_library(path: str) -> str:
     # clobber another user's espeak state in this process (phonemizer does the same).
     folder = tempfile.mkdtemp(prefix="daisy-espeak-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return shutil.copy(path, folder)
+    copy = Path(folder) / Path(path).name
+    data = bytearray(Path(path).read_bytes())
+    if not _pin_clock(data):
+        warnings.warn(
+            f"cannot pin the clock of {path}: espeak variants with breath noise ({', '.join(BREATHY_VARIANTS)}) "
+            "will differ from run to run",
+            stacklevel=2,
+        )
+    copy.write_bytes(data)
+    return str(copy)
+
+
+def _pin_clock(library: bytearray) -> bool:
+    """Rebind the library's `time` import to libc's `labs`, so espeak's time(NULL) seed is labs(0) = 0.
+
+    Without it the breath noise depends on the wall-clock second and the corpus is not reproducible (srand does not
+    help: the generator is espeak's own). Both names have four letters, so the dynamic string table keeps its layout,
+    and both are one word in, one word out, from the same glibc version. Returns False where there is no `time`
+    import to rebind (another build), leaving the bytes unchanged.
+    """
+    elf = ELFFile(io.BytesIO(bytes(library)))
+    symbols, strings = elf.get_section_by_name(".dynsym"), elf.get_section_by_name(".dynstr")
+    if symbols is None or strings is None:
+        return False
+    found = [
+        strings["sh_offset"] + sym["st_name"]
+        for sym in symbols.iter_symbols()
+        if sym.name == "time" and sym["st_shndx"] == "SHN_UNDEF"
+    ]
+    # The linker may store "time" as the tail of a longer name; renaming it there would break that symbol.
+    if not found or any(library[at - 1] != 0 for at in found):
+        return False
+    for at in found:
+        library[at : at + 4] = b"labs"
+    return True
 
 
 def _check(code: int, what: str, voice: Voice) -> None:
@@ -186,6 +226,9 @@ def _synth_library(backend: _Backend, text: str, voice: Voice) -> tuple[np.ndarr
             _check(lib.espeak_SetParameter(_ESPEAK_PITCH, voice.pitch, 0), "SetParameter(pitch)", voice)
             data = text.encode("utf-8") + b"\0"
             _chunks.clear()
+            # Klatt voices (Reed) draw their breath noise from libc's rand(): reseed, so that an utterance does not
+            # depend on what else called rand() in this process before it.
+            ctypes.CDLL(None).srand(1)
             _check(lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None), "Synth", voice)
             _check(lib.espeak_Synchronize(), "Synchronize", voice)
             samples = np.concatenate(_chunks) if _chunks else np.zeros(0, np.int16)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import io
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,15 @@ import pytest
 if importlib.util.find_spec("espeakng_loader") is None and shutil.which("espeak-ng") is None:
     pytest.skip("needs espeak-ng: `pip install espeakng-loader` or an espeak-ng executable", allow_module_level=True)
 
-from daisy.synth import SAMPLE_RATE, Voice, english_voices, synthesize, variants  # noqa: E402
+from daisy.synth import (  # noqa: E402
+    BREATHY_VARIANTS,
+    SAMPLE_RATE,
+    Voice,
+    _pin_clock,
+    english_voices,
+    synthesize,
+    variants,
+)
 
 SENTENCE = "The weather is nice today."  # five words
 US_M3 = Voice("en-us", "m3")
@@ -50,11 +62,28 @@ def test_same_text_and_voice_give_identical_samples(voice):
     np.testing.assert_array_equal(synthesize(SENTENCE, voice), first)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: espeak-ng seeds its breath noise from time(), so variants with a `breath` setting "
-    "(f2, f3, f5, victor, Reed, Alicia, sandro) change with the wall-clock second; these voices use f3 and f5",
-)
+def test_breath_noise_is_reproducible():
+    # espeak-ng seeds breath noise from time(NULL) (wavegen voices) or draws it from libc's rand() (Klatt: Reed).
+    first = {v: synthesize(SENTENCE, Voice("en-us", v)) for v in BREATHY_VARIANTS}
+    time.sleep(1.0)  # another wall-clock second
+    ctypes.CDLL(None).rand()  # and another rand() state
+    for variant, wav in first.items():
+        np.testing.assert_array_equal(synthesize(SENTENCE, Voice("en-us", variant)), wav, err_msg=variant)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is None, reason="needs the espeakng-loader library")
+def test_pinned_library_imports_labs_instead_of_time():
+    import espeakng_loader
+    from elftools.elf.elffile import ELFFile
+
+    library = bytearray(Path(espeakng_loader.get_library_path()).read_bytes())
+    assert _pin_clock(library)
+    symbols = ELFFile(io.BytesIO(bytes(library))).get_section_by_name(".dynsym").iter_symbols()
+    imports = {s.name for s in symbols if s["st_shndx"] == "SHN_UNDEF"}
+    assert "labs" in imports and "time" not in imports and "gettimeofday" in imports
+    assert not _pin_clock(library)  # nothing left to rebind: the caller warns
+
+
 def test_concurrent_calls_match_serial_ones():
     voices = [Voice("en-us", v) for v in ("m1", "f3", "m7", "f5")]
     serial = [synthesize(SENTENCE, v) for v in voices]
