@@ -9,10 +9,11 @@ and prints speedup vs full next to the ideal speedup: full time over the time th
 take if each utterance ran only its own layers, t_front + (d / L) (t_full - t_front), with t_front
 the measured conv front-end time and d the frame-weighted mean exit depth; and their ratio (target
 >= 0.9). The multiply-add share at that depth (`daisy.compute`) is printed too: on CPU the conv
-front-end costs far more time than its multiply-adds suggest.
+front-end costs far more time than its multiply-adds suggest. The five take turns on every batch and
+the ratios are medians of per-round ratios, so drift in the machine's speed cancels out.
 
     daisy bench [--model DIR | --preset base --classes 500] [--audio synthetic|DIR] [--depth 3.0]
-        [--utterances 32] [--repeats 5] [--json FILE]
+        [--utterances 32] [--repeats 5] [--threads N] [--json FILE]
     python benchmarks/speed.py ...   (the same, as a script)
 """
 
@@ -32,14 +33,29 @@ from daisy.model import EarlyExitHubert
 from daisy.pipeline import batches, trace_scores
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list[float]]:
+    """Seconds each fn(padded, lengths) takes over all `groups`, in each of `repeats` rounds. The functions
+    take turns on every batch, so a slow spell of the machine hits them all alike (ratios are then paired
+    by round)."""
+    for fn in fns.values():  # warm-up
+        for padded, lengths in groups:
+            fn(padded, lengths)
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        total = dict.fromkeys(fns, 0.0)
+        for padded, lengths in groups:
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn(padded, lengths)
+                total[name] += time.perf_counter() - start
+        for name in fns:
+            times[name].append(total[name])
+    return times
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a / b: the paired ratio, robust to drift between rounds."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def load_model(path: str | None, preset: str = "tiny", classes: int = 100) -> EarlyExitHubert:
@@ -77,9 +93,6 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
     for batch_size in (1, 16):
         groups = list(batches(wavs, batch_size))
 
-        def timed(fn, groups=groups):
-            return median_seconds(lambda: [fn(p, n) for _, p, n in groups], repeats)
-
         def with_policy(policy):
             def fn(padded, lengths):
                 model.policy = policy
@@ -94,35 +107,37 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
         def front_end(padded, lengths):
             return model.embed(padded, lengths)
 
+        candidates = {
+            "front_end": front_end,
+            "reference": reference,
+            "full": with_policy(full_depth),
+            "full_heads": with_policy(never),
+            "early_exit": with_policy(budget),
+        }
         with torch.inference_mode():
-            t_front = timed(front_end)
-            t_ref = timed(reference)
-            t_full = timed(with_policy(full_depth))
-            t_heads = timed(with_policy(never))
-            t_exit = timed(with_policy(budget))
+            t = interleaved_seconds(candidates, [(p, n) for _, p, n in groups], repeats)
             model.policy = budget
             outs = [model(p, n, output_hidden_states=False) for _, p, n in groups]
         exits = torch.cat([o.exit_layers for o in outs]).float()
         frames = torch.cat([o.lengths for o in outs]).float()
         mean_depth = exits.mean().item()
         weighted_depth = ((exits * frames).sum() / frames.sum()).item()
+        t_front, t_full = (statistics.median(t[k]) for k in ("front_end", "full"))
         ideal = t_full / (t_front + weighted_depth / model.num_layers * (t_full - t_front))
+        speedup = median_ratio(t["full"], t["early_exit"])
         rows.append(
             {
                 "batch": batch_size,
-                "front_end_s": t_front,
-                "reference_s": t_ref,
-                "full_s": t_full,
-                "full_heads_s": t_heads,
-                "early_exit_s": t_exit,
+                "threads": torch.get_num_threads(),
+                **{f"{k}_s": statistics.median(v) for k, v in t.items()},
                 "mean_depth": mean_depth,
                 "frame_weighted_depth": weighted_depth,
                 "num_layers": model.num_layers,
-                "head_overhead": t_heads / t_full - 1,
-                "full_vs_reference": t_full / t_ref,
-                "speedup": t_full / t_exit,
+                "head_overhead": median_ratio(t["full_heads"], t["full"]) - 1,
+                "full_vs_reference": median_ratio(t["full"], t["reference"]),
+                "speedup": speedup,
                 "ideal_speedup": ideal,
-                "speedup_vs_ideal": (t_full / t_exit) / ideal,
+                "speedup_vs_ideal": speedup / ideal,
                 "macs_share": compute_share(model.backbone.config, mean_depth),
             }
         )
@@ -155,8 +170,14 @@ def benchmark(
     utterances: int = 32,
     repeats: int = 5,
     json_path: str | None = None,
+    threads: int | None = None,
 ) -> list[dict]:
-    """Run the benchmark, print its table, optionally write the figures as JSON; returns the rows."""
+    """Run the benchmark, print its table, optionally write the figures as JSON; returns the rows.
+    `threads` sets torch's intra-op threads for the run (default: torch's own choice)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     model = load_model(model_dir, preset, classes)
     wavs = speech(utterances, audio)
     rows = run(model, wavs, depth or model.num_layers / 2, repeats)

@@ -348,12 +348,13 @@ def bench(
     utterances: int = typer.Option(32),
     repeats: int = typer.Option(5, help="timings per figure; the median is reported"),
     json_path: Path = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+    threads: int = typer.Option(None, help="torch intra-op threads (default: torch's choice, one per core)"),
 ):
     """Wall-clock early exit vs full model (and vs transformers) at batch 1 and 16, with the ideal speedup."""
     from daisy.bench import benchmark
 
     try:
-        benchmark(str(model) if model else None, preset, classes, audio, depth, utterances, repeats, json_path)
+        benchmark(str(model) if model else None, preset, classes, audio, depth, utterances, repeats, json_path, threads)
     except (OSError, ValueError) as e:
         fail(str(e))
 

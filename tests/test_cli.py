@@ -108,13 +108,20 @@ def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):
 def test_bench_times_a_model_on_a_folder_and_writes_consistent_ratios(model_dir, wavs, tmp_path):
     out = tmp_path / "speed.json"
     args = ["--model", str(model_dir), "--audio", str(wavs[0].parent), "--repeats", "1", "--json", str(out)]
-    result = runner.invoke(app, ["bench", *args])
+    threads = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, ["bench", *args, "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
     assert [r["batch"] for r in rows] == [1, 16]
     for r in rows:
+        assert r["threads"] == 1
         assert r["speedup"] == pytest.approx(r["full_s"] / r["early_exit_s"])
         assert r["speedup_vs_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
         assert 1 <= r["mean_depth"] <= r["num_layers"] and 0 < r["macs_share"] <= 1
     missing = runner.invoke(app, ["bench", "--model", str(model_dir), "--audio", str(tmp_path / "nowhere")])
     assert missing.exit_code != 0 and "nowhere" in missing.output
+    no_threads = runner.invoke(app, ["bench", "--model", str(model_dir), "--threads", "0"])
+    assert no_threads.exit_code != 0 and "--threads must be at least 1" in no_threads.output
