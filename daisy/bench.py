@@ -9,8 +9,9 @@ and prints speedup vs full next to the ideal speedup: full time over the time th
 take if each utterance ran only its own layers, t_front + (d / L) (t_full - t_front), with t_front
 the measured conv front-end time and d the frame-weighted mean exit depth; and their ratio (target
 >= 0.9). The multiply-add share at that depth (`daisy.compute`) is printed too: on CPU the conv
-front-end costs far more time than its multiply-adds suggest. The five take turns on every batch and
-the ratios are medians of per-round ratios, so drift in the machine's speed cancels out.
+front-end costs far more time than its multiply-adds suggest. The five take turns on every batch (each
+timed on its second consecutive call) and the ratios are medians of per-round ratios, so drift in
+the machine's speed cancels out.
 
     daisy bench [--model DIR | --preset base --classes 500] [--audio synthetic|DIR] [--depth 3.0]
         [--utterances 32] [--repeats 5] [--threads N] [--json FILE]
@@ -34,17 +35,19 @@ from daisy.pipeline import batches, trace_scores
 
 
 def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list[float]]:
-    """Seconds each fn(padded, lengths) takes over all `groups`, in each of `repeats` rounds. The functions
-    take turns on every batch, so a slow spell of the machine hits them all alike (ratios are then paired
-    by round)."""
-    for fn in fns.values():  # warm-up
-        for padded, lengths in groups:
-            fn(padded, lengths)
+    """Seconds each fn(padded, lengths) takes over all `groups`, in each of `repeats` rounds.
+
+    The functions take turns on every batch, so a slow spell of the machine hits them all alike (ratios are
+    then paired by round). Each turn runs its function twice and times the second call: what one function
+    leaves behind (allocator and cache state) otherwise lands on the next, e.g. +3 % on the heads at batch 16
+    after transformers' forward, while a real workload calls one of them over and over.
+    """
     times = {name: [] for name in fns}
     for _ in range(repeats):
         total = dict.fromkeys(fns, 0.0)
         for padded, lengths in groups:
             for name, fn in fns.items():
+                fn(padded, lengths)
                 start = time.perf_counter()
                 fn(padded, lengths)
                 total[name] += time.perf_counter() - start
