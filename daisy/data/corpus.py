@@ -2,7 +2,7 @@
 
 Speakers are espeak voices x variants x pitch x rate, each with a stable id; sentences come from a
 small grammar driven by a seeded RNG. The corpus is cached on disk under a key of its config (wav
-files + `manifest.jsonl`) and rebuilt only when the config changes.
+files + `manifest.jsonl`) and rebuilt only when the config (or SYNTHESIS_VERSION) changes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ import numpy as np
 from daisy import audio
 from daisy.io import atomic_dir
 from daisy.progress import progress
+
+# Part of the cache key: bumped whenever synthesis gives other samples for the same config, so that stale
+# caches are rebuilt (2: espeak's breath noise no longer depends on the clock).
+SYNTHESIS_VERSION = 2
 
 _NOUNS = (
     "man woman child dog cat bird horse teacher doctor farmer sailor king queen river mountain city village "
@@ -114,7 +118,8 @@ class CorpusConfig:
     extra: dict = field(default_factory=dict)
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fields = {**asdict(self), "synthesis": SYNTHESIS_VERSION}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     @classmethod
     def quick(cls) -> CorpusConfig:
