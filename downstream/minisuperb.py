@@ -257,19 +257,40 @@ def evaluate(probe: Probe, task, feats: Features, data: TaskData, exits, vocab, 
     return {k: float(np.mean(v)) for k, v in scores.items() if v}
 
 
+# A task enters the score only where the full model beats MFCC by this share of the larger figure: otherwise the
+# normalisation divides by probe noise (a probe that cannot use the features) and that one task swamps the average.
+MIN_GAIN = 0.02
+
+
+def scored_tasks(results: dict[str, dict[str, dict]]) -> list[str]:
+    """Tasks whose full model beats MFCC on the primary metric by at least MIN_GAIN (relative)."""
+    keep = []
+    for task, by_setting in results.items():
+        name, higher_is_better = PRIMARY[task]
+        if not {"mfcc", "full"} <= set(by_setting):
+            continue
+        base, full = (by_setting[k]["metrics"][name] for k in ("mfcc", "full"))
+        gain = full - base if higher_is_better else base - full
+        if gain > MIN_GAIN * max(abs(base), abs(full)):
+            keep.append(task)
+    return keep
+
+
 def score(results: dict[str, dict[str, dict]]) -> dict[str, float]:
-    """Per setting: mean over tasks of 100 * (m - m_mfcc) / (m_full - m_mfcc) on each task's primary metric."""
+    """Per setting: mean over the scored tasks of 100 * (m - m_mfcc) / (m_full - m_mfcc) on each task's
+    primary metric."""
     out = {}
-    settings_seen = {s for task in results.values() for s in task}
+    tasks = scored_tasks(results)
+    settings_seen = {s for task in tasks for s in results[task]}
     for setting in settings_seen:
         parts = []
-        for task, by_setting in results.items():
+        for task in tasks:
             name, _ = PRIMARY[task]
-            if not {"mfcc", "full", setting} <= set(by_setting):
+            by_setting = results[task]
+            if setting not in by_setting:
                 continue
             base, full, value = (by_setting[k]["metrics"][name] for k in ("mfcc", "full", setting))
-            if full != base:
-                parts.append(100 * (value - base) / (full - base))
+            parts.append(100 * (value - base) / (full - base))
         if parts:
             out[setting] = float(np.mean(parts))
     return out
@@ -283,8 +304,17 @@ def markdown(results: dict, scores: dict) -> str:
             depth = "-" if r["mean_depth"] is None else f"{r['mean_depth']:.2f}"
             share = "-" if r["compute_share"] is None else f"{r['compute_share']:.2f}"
             lines.append(f"| {task} | {setting} | {name} | {r['metrics'][name]:.3f} | {depth} | {share} |")
-    lines += ["", "| setting | MiniSUPERB-style score (MFCC = 0, full model = 100) |", "|---|---:|"]
-    lines += [f"| {s} | {v:.1f} |" for s, v in sorted(scores.items(), key=lambda kv: -kv[1])]
+    tasks = scored_tasks(results)
+    lines += ["", f"| setting | MiniSUPERB-style score over {', '.join(tasks) or 'no task'} (MFCC = 0, full = 100) |"]
+    lines += ["|---|---:|", *(f"| {s} | {v:.1f} |" for s, v in sorted(scores.items(), key=lambda kv: -kv[1]))]
+    left_out = [t for t in results if t not in tasks]
+    if left_out:
+        lines += [
+            "",
+            f"Not in the score: {', '.join(left_out)}. There the full model does not beat MFCC by "
+            f"{MIN_GAIN:.0%}, so the probe cannot tell features apart and normalising by the difference would "
+            "amplify its noise; read those tasks' figures above.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -389,7 +419,7 @@ def run(
             results.setdefault(task, {})[setting] = record
             bar.advance(task_bar)
     scores = score(results)
-    summary = {"config": asdict(config), "results": results, "scores": scores}
+    summary = {"config": asdict(config), "results": results, "scores": scores, "scored_tasks": scored_tasks(results)}
     write_json(out / "results.json", summary)
     with atomic_path(out / "results.md", suffix=".md") as tmp:
         tmp.write_text(markdown(results, scores))

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from daisy.downstream.minisuperb import MiniSuperbConfig, run, score
+from daisy.downstream.minisuperb import MiniSuperbConfig, markdown, run, score, scored_tasks
 from daisy.downstream.tasks import synthetic_tasks
 
 
@@ -25,6 +25,28 @@ def test_score_normalises_between_mfcc_and_full():
     scores = score(results)
     assert scores["full"] == 100.0 and scores["mfcc"] == 0.0
     assert scores["daisy"] == pytest.approx((75.0 + 75.0) / 2)
+
+
+def test_tasks_where_the_full_model_does_not_beat_mfcc_are_left_out_of_the_score():
+    def task(mfcc, full, daisy, name):
+        return {
+            k: {"metrics": {name: v}, "mean_depth": None, "compute_share": None}
+            for k, v in (("mfcc", mfcc), ("full", full), ("daisy", daisy))
+        }
+
+    results = {
+        "sid": task(0.2, 0.8, 0.65, "accuracy"),
+        "ss": task(1.114, 1.108, 1.038, "si_sdri"),  # full below MFCC: 100 * (d - m) / (f - m) = 1267
+        "se": task(1.50, 1.51, 1.52, "pesq"),  # a gain under MIN_GAIN: dividing by 0.01 amplifies noise
+    }
+    assert scored_tasks(results) == ["sid"]
+    assert score(results)["daisy"] == pytest.approx(75.0)
+    table = markdown(results, score(results))
+    assert "score over sid (" in table and "Not in the score: ss, se." in table
+    assert (
+        scored_tasks({"sid": task(0.2, 0.2, 0.3, "accuracy")}) == []
+        and score({"sid": task(0.2, 0.2, 0.3, "accuracy")}) == {}
+    )
 
 
 def test_quick_run_writes_results_for_every_task_and_setting(tmp_path, quick_corpus):
