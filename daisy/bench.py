@@ -39,8 +39,8 @@ def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list
 
     The functions take turns on every batch, so a slow spell of the machine hits them all alike (ratios are
     then paired by round). Each turn runs its function twice and times the second call: what one function
-    leaves behind (allocator and cache state) otherwise lands on the next, e.g. +3 % on the heads at batch 16
-    after transformers' forward, while a real workload calls one of them over and over.
+    leaves behind (allocator and cache state) otherwise lands on the next (up to +11 % on the heads at batch 16
+    after transformers' forward), while a real workload calls one of them over and over.
     """
     times = {name: [] for name in fns}
     for _ in range(repeats):
