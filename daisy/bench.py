@@ -62,15 +62,34 @@ def median_ratio(a: list[float], b: list[float]) -> float:
 
 
 def load_model(path: str | None, preset: str = "tiny", classes: int = 100) -> EarlyExitHubert:
+    """A daisy model directory, or (path None) a random model of `preset` with `classes`-way heads; give the
+    random one realistic heads with `spread_like_trained` before timing it."""
     if path:
         return EarlyExitHubert.from_pretrained(path)
     from daisy.upstream import HubertBackbone
 
-    model = EarlyExitHubert.from_backbone(HubertBackbone.from_preset(preset), classes)
-    with torch.no_grad():  # spread random heads so entropies differ between utterances
-        for head in model.heads.heads:
-            head.weight.normal_(0.0, 300.0 / head.in_features**0.5)
-    return model.eval()
+    return EarlyExitHubert.from_backbone(HubertBackbone.from_preset(preset), classes).eval()
+
+
+TRAINED_LOGIT_STD = 3.0  # spread of the shipped model's head logits over classes, at every layer
+
+
+def spread_like_trained(model: EarlyExitHubert, wav: np.ndarray) -> None:
+    """Scale each head so that its logits on `wav` spread like a trained head's (std TRAINED_LOGIT_STD).
+
+    Random heads then give entropies that differ between utterances, as trained ones do. Logits spread much
+    wider would put most probabilities below float32's normal range, where x86 arithmetic is many times
+    slower, and the benchmark would time that (5x the entropy's cost at C = 500).
+    """
+    with torch.no_grad():
+        x, mask = model.embed(torch.from_numpy(wav)[None], None)
+        for layer in range(1, model.num_layers + 1):
+            x, ffn = model.backbone.layer(layer, x, mask, return_ffn=True)
+            feats = ffn if model.config.head_input == "ffn" else x
+            scale = TRAINED_LOGIT_STD / model.heads.logits(layer, feats).std(-1).mean()
+            head = model.heads.heads[layer - 1]
+            head.weight.mul_(scale)
+            head.bias.mul_(scale)
 
 
 def speech(n: int, source: str = "synthetic", seed: int = 0) -> list[np.ndarray]:
@@ -183,6 +202,8 @@ def benchmark(
         torch.set_num_threads(threads)
     model = load_model(model_dir, preset, classes)
     wavs = speech(utterances, audio)
+    if model_dir is None:
+        spread_like_trained(model, wavs[0])
     rows = run(model, wavs, depth or model.num_layers / 2, repeats)
     table = Table(
         title=f"early exit vs full model ({model.num_layers} layers, {len(wavs)} utterances, "
