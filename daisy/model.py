@@ -6,7 +6,7 @@ later layers run only on the rest, and the time axis is trimmed to the longest o
 really shrinks, and an utterance's outputs do not depend on its batch-mates.
 
 `model.trace(...)` runs every layer for every utterance and scores all heads; any policy can then be
-applied offline (`policy.exit_layers(trace.scores)`, `trace.select(exits)`) with the same result as
+applied offline (`policy.exit_layers(trace.scores)`, `trace.select(exits, policy)`) with the same result as
 the live path. Layer numbering: state 0 is the embedding, state l the output of layer l (1-based).
 """
 
@@ -54,7 +54,8 @@ class ExitOutput:
     utterance's exit-layer state; hidden_states: L + 1 tensors (B, T, D) where layers past an
     utterance's exit repeat its exit state (None when called with output_hidden_states=False);
     scores: name -> (B, L) for the scores the policy reads, NaN for layers an utterance did not
-    run and for the last layer (where every utterance exits, so no head runs)."""
+    run, layers the policy does not read (below its `min_layer`) and the last layer (where every
+    utterance exits, so no head runs)."""
 
     exit_layers: torch.Tensor
     lengths: torch.Tensor
@@ -72,8 +73,9 @@ class Trace:
     lengths: torch.Tensor
     scores: dict[str, torch.Tensor]
 
-    def select(self, exit_layers: torch.Tensor) -> ExitOutput:
-        """The output the live model gives for these exits."""
+    def select(self, exit_layers: torch.Tensor, policy: policies.Policy | None = None) -> ExitOutput:
+        """The output the live model gives for these exits; with the `policy` that chose them, its scores too
+        (the live model scores only the layers the policy reads)."""
         stacked = torch.stack(self.hidden_states)  # (L+1, B, T, D)
         depth = torch.arange(stacked.shape[0])[:, None]
         index = torch.minimum(depth, exit_layers[None, :])  # (L+1, B): past the exit, the exit state
@@ -82,6 +84,8 @@ class Trace:
         # scored layers, as the live path scores them: up to the exit, never the last (it always exits)
         layers = torch.arange(1, stacked.shape[0])[None, :]
         run = (layers <= exit_layers[:, None]) & (layers < stacked.shape[0] - 1)
+        if policy is not None:
+            run &= torch.tensor([policy.reads(layer) for layer in range(1, stacked.shape[0])])
         scores = {k: v.masked_fill(~run, float("nan")) for k, v in self.scores.items()}
         return ExitOutput(exit_layers, self.lengths, states[-1], scores, list(states))
 
@@ -155,7 +159,9 @@ class EarlyExitHubert(nn.Module):
                 x, feats = self.backbone.layer(layer, x, mask, bias, return_ffn=True)
             else:
                 x = feats = self.backbone.layer(layer, x, mask, bias)
-            score_now = (policy is None or layer < num_layers) and (bool(which) or targets is not None)
+            # With targets (analysis) every layer up to the exit is scored; otherwise only what the policy reads.
+            read = policy is None or (layer < num_layers and (targets is not None or policy.reads(layer)))
+            score_now = read and (bool(which) or targets is not None)
             layer_scores = {}
             if score_now:
                 tgt = None if targets is None else targets[active, : x.shape[1]]
@@ -173,8 +179,8 @@ class EarlyExitHubert(nn.Module):
                 break
             if policy is None:
                 continue
-            if not layer_scores:  # a fixed policy needs no head: give it the shape
-                layer_scores = {"entropy": x.new_zeros(len(active))}
+            if not score_now:  # a layer the policy does not read (a fixed one reads none): give it the shape
+                layer_scores = {policy.needs: x.new_zeros(len(active))}
             stop = policy.decide(layer, layer_scores)
             if not bool(stop.any()):
                 continue

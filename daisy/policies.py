@@ -24,6 +24,10 @@ class Policy:
     def decide(self, layer: int, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def reads(self, layer: int) -> bool:
+        """Whether `decide` at `layer` looks at the scores: the live model scores only the layers that it does."""
+        return True
+
     def to_dict(self) -> dict:
         return {"name": self.name, **asdict(self)}
 
@@ -59,6 +63,9 @@ class Entropy(Policy):
         below = scores["entropy"] <= _threshold_at(self.threshold, layer)
         return below & (layer >= self.min_layer)
 
+    def reads(self, layer):
+        return layer >= self.min_layer
+
 
 @dataclass
 class Confidence(Policy):
@@ -71,6 +78,9 @@ class Confidence(Policy):
 
     def decide(self, layer, scores):
         return (scores["confidence"] >= self.threshold) & (layer >= self.min_layer)
+
+    def reads(self, layer):
+        return layer >= self.min_layer
 
 
 @dataclass
@@ -86,7 +96,11 @@ class Fixed(Policy):
             raise ValueError(f"fixed exit layer must be >= 1 (layers are 1-based), got {self.layer}")
 
     def decide(self, layer, scores):
-        return torch.full_like(scores["entropy"], layer >= self.layer, dtype=torch.bool)
+        any_score = next(iter(scores.values()))  # only for the batch shape
+        return torch.full_like(any_score, layer >= self.layer, dtype=torch.bool)
+
+    def reads(self, layer):
+        return False
 
 
 @dataclass

@@ -75,6 +75,8 @@ def test_live_path_equals_policy_applied_to_the_trace():
         policies.Entropy(threshold=threshold),
         policies.Confidence(threshold=0.5),
         policies.Entropy(threshold=[threshold - 0.2, threshold + 0.1, 0.0]),
+        policies.Entropy(threshold=threshold, min_layer=2),  # layer 1 is neither read nor scored
+        policies.Confidence(threshold=0.5, min_layer=2),
         policies.Fixed(layer=1),
     ]:
         model.policy = policy
@@ -83,7 +85,7 @@ def test_live_path_equals_policy_applied_to_the_trace():
             trace = model.trace(wavs, lengths)
         exits = policy.exit_layers(trace.scores)
         assert exits.tolist() == live.exit_layers.tolist()
-        offline = trace.select(exits)
+        offline = trace.select(exits, policy)
         for i, n in enumerate(live.lengths.tolist()):
             for a, b in zip(live.hidden_states, offline.hidden_states):
                 torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-5, rtol=0)
@@ -93,6 +95,7 @@ def test_live_path_equals_policy_applied_to_the_trace():
         assert set(live.scores) == ({policy.needs} if not isinstance(policy, policies.Fixed) else set())
         for name, value in live.scores.items():  # only what the policy reads, for the layers run
             torch.testing.assert_close(value, offline.scores[name], equal_nan=True)
+            assert value[:, 0].isnan().all() == (getattr(policy, "min_layer", 1) > 1)
 
 
 def test_compaction_runs_each_layer_only_on_utterances_still_running():
@@ -125,6 +128,10 @@ def test_oracle_policy_reads_the_true_loss_and_needs_targets():
         out = model(wavs, lengths, targets=targets)
         trace = model.trace(wavs, lengths, targets=targets)
     assert out.exit_layers.tolist() == policies.Oracle(threshold=1.0).exit_layers(trace.scores).tolist()
+    model.policy = policies.Fixed(layer=2)  # targets add the loss to any policy's scores
+    with torch.no_grad():
+        fixed = model(wavs, lengths, targets=targets)
+    assert fixed.exit_layers.tolist() == [2] * 4 and fixed.scores["loss"][:, :2].isfinite().all()
 
 
 def test_save_and_load_round_trip(tmp_path):
