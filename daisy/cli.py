@@ -169,6 +169,7 @@ def calibrate(
     depth: float = typer.Option(None, help="target mean exit depth in layers"),
     compute: float = typer.Option(None, help="target share of full-model compute (0..1), instead of --depth"),
     per_layer: bool = typer.Option(False, help="one threshold per layer (same quantile) instead of one shared"),
+    min_layer: int = typer.Option(1, help="no exit before this layer; the heads below it are not run"),
     quick: bool = typer.Option(False),
 ):
     """Fit entropy thresholds on held-out audio to a depth or compute budget; saved into daisy.json."""
@@ -184,9 +185,9 @@ def calibrate(
         wavs = load_all(utterances(data, "dev", quick) or utterances(data, None, quick))
         if compute is not None:
             depth = depth_for_share(early.backbone.config, compute)
+        calibrate_model(early, wavs, depth, per_layer=per_layer, min_layer=min_layer)
     except (OSError, ValueError) as e:
         fail(str(e))
-    calibrate_model(early, wavs, depth, per_layer=per_layer)
     early.save_pretrained(model)
     out.print(f"{model}: {early.policy.to_dict()}", highlight=False)
 

@@ -38,11 +38,19 @@ def trace_scores(model: EarlyExitHubert, wavs: list[np.ndarray], batch_size: int
     return out
 
 
-def calibrate_model(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, per_layer: bool = False):
-    """Set `model.policy` to entropy thresholds that reach mean exit `depth` on `wavs`."""
+def calibrate_model(
+    model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, per_layer: bool = False, min_layer: int = 1
+):
+    """Set `model.policy` to entropy thresholds that reach mean exit `depth` on `wavs`, exiting no earlier than
+    `min_layer` (the live model then runs no head below it)."""
     entropy = trace_scores(model, wavs)["entropy"]
-    model.policy = policies.calibrate_budget(entropy, depth, per_layer=per_layer)
-    model.config.provenance["calibration"] = {"utterances": len(wavs), "target_depth": depth, "per_layer": per_layer}
+    model.policy = policies.calibrate_budget(entropy, depth, per_layer=per_layer, min_layer=min_layer)
+    model.config.provenance["calibration"] = {
+        "utterances": len(wavs),
+        "target_depth": depth,
+        "per_layer": per_layer,
+        "min_layer": min_layer,
+    }
     return model.policy
 
 

@@ -125,23 +125,31 @@ class Budget(Entropy):
     name = "budget"
 
 
-def calibrate_budget(entropy: torch.Tensor, target_depth: float, per_layer: bool = False) -> Budget:
+def calibrate_budget(entropy: torch.Tensor, target_depth: float, per_layer: bool = False, min_layer: int = 1) -> Budget:
     """Entropy thresholds whose mean exit depth on held-out traces `entropy` (N, L) is closest to
-    `target_depth` (in layers) from below.
+    `target_depth` (in layers) from below, with no exit before `min_layer`.
 
     One shared threshold is found by bisection over the observed entropies (mean depth falls
     monotonically as the threshold rises). `per_layer` instead uses, at every layer, the same
     quantile of that layer's entropies, which balances exits across layers.
     """
     num_layers = entropy.shape[1]
-    if not 1 <= target_depth <= num_layers:
-        raise ValueError(f"target depth {target_depth} outside 1..{num_layers}")
+    if not 1 <= min_layer <= num_layers:
+        raise ValueError(f"min_layer {min_layer} outside 1..{num_layers}")
+    if not min_layer <= target_depth <= num_layers:
+        raise ValueError(f"target depth {target_depth} outside {min_layer}..{num_layers} (min_layer {min_layer})")
     trace = {"entropy": entropy}
+    # only the layers the policy can exit at: their entropies set the quantiles
+    readable = entropy[:, min_layer - 1 :]
 
     def policy_for(q: float) -> Budget:
         if per_layer:
-            return Budget(threshold=torch.quantile(entropy, q, dim=0).tolist(), target_depth=target_depth)
-        return Budget(threshold=float(torch.quantile(entropy.flatten(), q)), target_depth=target_depth)
+            above = torch.quantile(readable, q, dim=0).tolist()
+            threshold = [above[0]] * (min_layer - 1) + above  # layers below min_layer are never read
+            return Budget(threshold=threshold, min_layer=min_layer, target_depth=target_depth)
+        return Budget(
+            threshold=float(torch.quantile(readable.flatten(), q)), min_layer=min_layer, target_depth=target_depth
+        )
 
     def depth(q: float) -> float:
         return policy_for(q).exit_layers(trace).float().mean().item()

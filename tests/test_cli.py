@@ -87,6 +87,12 @@ def test_calibrate_writes_the_budget_into_the_model(model_dir, tmp_path, wavs):
     assert policy["name"] == "budget" and policy["target_depth"] == 2.0
     result = runner.invoke(app, ["calibrate", "--model", str(model_dir), "--data", str(tmp_path)])
     assert result.exit_code == 1 and "exactly one of --depth or --compute" in result.output
+    args = ["calibrate", "--model", str(model_dir), "--data", str(tmp_path), "--depth", "2.5", "--min-layer", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((model_dir / "daisy.json").read_text())["policy"]["min_layer"] == 2
+    result = runner.invoke(app, [*args[:-3], "1.5", "--min-layer", "2"])
+    assert result.exit_code == 1 and "target depth 1.5 outside 2..3" in result.output
 
 
 def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):

@@ -53,6 +53,19 @@ def test_budget_calibration_reaches_the_target_depth_from_below():
         policies.calibrate_budget(entropy, 7.0)
 
 
+def test_budget_calibration_with_a_min_layer_never_exits_below_it():
+    torch.manual_seed(0)
+    entropy = torch.rand(200, 6).cumsum(1).flip(1)
+    for per_layer in (False, True):
+        budget = policies.calibrate_budget(entropy, 3.5, per_layer=per_layer, min_layer=3)
+        exits = budget.exit_layers({"entropy": entropy})
+        assert budget.min_layer == 3 and exits.min() >= 3
+        assert 3.25 <= exits.float().mean().item() <= 3.5
+        assert not budget.reads(2) and budget.reads(3)
+    with pytest.raises(ValueError, match="target depth 2.0 outside 3..6"):
+        policies.calibrate_budget(entropy, 2.0, min_layer=3)
+
+
 def test_policies_round_trip_through_dicts():
     for policy in [
         policies.Entropy(threshold=[1.0, 2.0]),
