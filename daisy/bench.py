@@ -81,13 +81,12 @@ def spread_like_trained(model: EarlyExitHubert, wav: np.ndarray) -> None:
     wider would put most probabilities below float32's normal range, where x86 arithmetic is many times
     slower, and the benchmark would time that (5x the entropy's cost at C = 500).
     """
+    from daisy.train_heads import frozen_features
+
+    feats, _, _ = frozen_features(model, torch.from_numpy(wav)[None], None)
     with torch.no_grad():
-        x, mask = model.embed(torch.from_numpy(wav)[None], None)
-        for layer in range(1, model.num_layers + 1):
-            x, ffn = model.backbone.layer(layer, x, mask, return_ffn=True)
-            feats = ffn if model.config.head_input == "ffn" else x
-            scale = TRAINED_LOGIT_STD / model.heads.logits(layer, feats).std(-1).mean()
-            head = model.heads.heads[layer - 1]
+        for layer, (head, layer_feats) in enumerate(zip(model.heads.heads, feats), start=1):
+            scale = TRAINED_LOGIT_STD / model.heads.logits(layer, layer_feats).std(-1).mean()
             head.weight.mul_(scale)
             head.bias.mul_(scale)
 
@@ -166,13 +165,17 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
     return rows
 
 
+def _milliseconds(key: str):
+    return lambda r: f"{r[key] * 1000:.0f} ms"
+
+
 COLUMNS = {
     "batch": lambda r: str(r["batch"]),
-    "front-end": lambda r: f"{r['front_end_s'] * 1000:.0f} ms",
-    "transformers": lambda r: f"{r['reference_s'] * 1000:.0f} ms",
-    "full": lambda r: f"{r['full_s'] * 1000:.0f} ms",
-    "full+heads": lambda r: f"{r['full_heads_s'] * 1000:.0f} ms",
-    "early exit": lambda r: f"{r['early_exit_s'] * 1000:.0f} ms",
+    "front-end": _milliseconds("front_end_s"),
+    "transformers": _milliseconds("reference_s"),
+    "full": _milliseconds("full_s"),
+    "full+heads": _milliseconds("full_heads_s"),
+    "early exit": _milliseconds("early_exit_s"),
     "mean depth": lambda r: f"{r['mean_depth']:.2f}",
     "heads overhead": lambda r: f"{r['head_overhead'] * 100:+.1f} %",
     "full/transformers": lambda r: f"{r['full_vs_reference']:.2f}",
