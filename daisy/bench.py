@@ -11,7 +11,7 @@ the measured conv front-end time and d the frame-weighted mean exit depth; and t
 >= 0.9). The multiply-add share at that depth (`daisy.compute`) is printed too: on CPU the conv
 front-end costs far more time than its multiply-adds suggest. The five take turns on every batch (each
 timed on its second consecutive call) and the ratios are medians of per-round ratios, so drift in
-the machine's speed cancels out.
+the machine's speed cancels out; their quartiles over rounds are printed beside them.
 
     daisy bench [--model DIR | --preset base --classes 500] [--audio synthetic|DIR] [--depth 3.0]
         [--utterances 32] [--repeats 5] [--threads N] [--json FILE]
@@ -56,9 +56,14 @@ def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list
     return times
 
 
-def median_ratio(a: list[float], b: list[float]) -> float:
-    """Median over rounds of a / b: the paired ratio, robust to drift between rounds."""
-    return statistics.median(x / y for x, y in zip(a, b))
+def ratio_quartiles(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Lower quartile, median and upper quartile over rounds of a / b. Pairing by round makes the ratio
+    robust to drift between rounds; the quartiles say how far the median can be trusted."""
+    ratios = [x / y for x, y in zip(a, b)]
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q1, median, q3
 
 
 def load_model(path: str | None, preset: str = "tiny", classes: int = 100) -> EarlyExitHubert:
@@ -145,7 +150,8 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
         weighted_depth = ((exits * frames).sum() / frames.sum()).item()
         t_front, t_full = (statistics.median(t[k]) for k in ("front_end", "full"))
         ideal = t_full / (t_front + weighted_depth / model.num_layers * (t_full - t_front))
-        speedup = median_ratio(t["full"], t["early_exit"])
+        speedup = ratio_quartiles(t["full"], t["early_exit"])
+        overhead = [r - 1 for r in ratio_quartiles(t["full_heads"], t["full"])]
         rows.append(
             {
                 "batch": batch_size,
@@ -154,11 +160,13 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
                 "mean_depth": mean_depth,
                 "frame_weighted_depth": weighted_depth,
                 "num_layers": model.num_layers,
-                "head_overhead": median_ratio(t["full_heads"], t["full"]) - 1,
-                "full_vs_reference": median_ratio(t["full"], t["reference"]),
-                "speedup": speedup,
+                "head_overhead": overhead[1],
+                "head_overhead_quartiles": [overhead[0], overhead[2]],
+                "full_vs_reference": ratio_quartiles(t["full"], t["reference"])[1],
+                "speedup": speedup[1],
+                "speedup_quartiles": [speedup[0], speedup[2]],
                 "ideal_speedup": ideal,
-                "speedup_vs_ideal": speedup / ideal,
+                "speedup_vs_ideal": speedup[1] / ideal,
                 "macs_share": compute_share(model.backbone.config, mean_depth),
             }
         )
@@ -169,6 +177,15 @@ def _milliseconds(key: str):
     return lambda r: f"{r[key] * 1000:.0f} ms"
 
 
+def _with_quartiles(key: str, fmt):
+    """A cell like '+4.6 % (+3.9 % to +5.2 %)': the median, then its quartiles over rounds."""
+    return lambda r: f"{fmt(r[key])} ({' to '.join(fmt(q) for q in r[key + '_quartiles'])})"
+
+
+def _percent(x: float) -> str:
+    return f"{x * 100:+.1f} %"
+
+
 COLUMNS = {
     "batch": lambda r: str(r["batch"]),
     "front-end": _milliseconds("front_end_s"),
@@ -177,9 +194,9 @@ COLUMNS = {
     "full+heads": _milliseconds("full_heads_s"),
     "early exit": _milliseconds("early_exit_s"),
     "mean depth": lambda r: f"{r['mean_depth']:.2f}",
-    "heads overhead": lambda r: f"{r['head_overhead'] * 100:+.1f} %",
+    "heads overhead (quartiles)": _with_quartiles("head_overhead", _percent),
     "full/transformers": lambda r: f"{r['full_vs_reference']:.2f}",
-    "speedup": lambda r: f"{r['speedup']:.2f}x",
+    "speedup (quartiles)": _with_quartiles("speedup", lambda x: f"{x:.2f}x"),
     "ideal": lambda r: f"{r['ideal_speedup']:.2f}x",
     "speedup/ideal": lambda r: f"{r['speedup_vs_ideal']:.2f}",
     "MAC share": lambda r: f"{r['macs_share']:.2f}",
@@ -216,7 +233,7 @@ def benchmark(
         table.add_column(name, justify="right")
     for r in rows:
         table.add_row(*(cell(r) for cell in COLUMNS.values()))
-    Console(width=160).print(table)
+    Console(width=200).print(table)
     if json_path:
         from daisy.io import write_json
 

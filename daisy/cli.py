@@ -347,7 +347,7 @@ def bench(
     audio: str = typer.Option("synthetic", help="'synthetic' (its test split) or a folder of audio"),
     depth: float = typer.Option(None, help="mean exit depth the entropy budget is calibrated to (default L / 2)"),
     utterances: int = typer.Option(32),
-    repeats: int = typer.Option(5, help="timings per figure; the median is reported"),
+    repeats: int = typer.Option(5, help="rounds of timings; medians are reported, with quartiles for the ratios"),
     json_path: Path = typer.Option(None, "--json", help="also write the figures to this JSON file"),
     threads: int = typer.Option(None, help="torch intra-op threads (default: torch's choice, one per core)"),
 ):

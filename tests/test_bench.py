@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import random_early_exit
-from daisy.bench import TRAINED_LOGIT_STD, interleaved_seconds, median_ratio, spread_like_trained
+from daisy.bench import TRAINED_LOGIT_STD, _with_quartiles, interleaved_seconds, ratio_quartiles, spread_like_trained
 
 
 def test_settings_take_turns_and_only_second_calls_are_timed():
@@ -18,10 +18,18 @@ def test_settings_take_turns_and_only_second_calls_are_timed():
     assert len(calls) == 24
 
 
-def test_median_ratio_pairs_rounds():
+def test_ratios_are_paired_by_round():
     # drift doubles every round; the paired ratio stays 2, the ratio of medians would not
-    assert median_ratio([2.0, 4.0, 8.0], [1.0, 2.0, 4.0]) == 2.0
-    assert median_ratio([3.0, 1.0, 100.0], [1.0, 1.0, 1.0]) == 3.0
+    assert ratio_quartiles([2.0, 4.0, 8.0], [1.0, 2.0, 4.0]) == (2.0, 2.0, 2.0)
+    assert ratio_quartiles([3.0, 1.0, 100.0], [1.0, 1.0, 1.0])[1] == 3.0
+    assert ratio_quartiles([5.0], [2.0]) == (2.5, 2.5, 2.5)
+
+
+def test_quartiles_of_ratios_show_the_spread_over_rounds():
+    q1, median, q3 = ratio_quartiles([1.0, 1.1, 1.2, 1.3, 1.4], [1.0] * 5)
+    assert (q1, median, q3) == pytest.approx((1.1, 1.2, 1.3))
+    cell = _with_quartiles("overhead", lambda x: f"{x * 100:+.1f} %")
+    assert cell({"overhead": 0.046, "overhead_quartiles": [0.039, 0.052]}) == "+4.6 % (+3.9 % to +5.2 %)"
 
 
 @pytest.mark.parametrize("head_input", ["ffn", "output"])

@@ -125,6 +125,8 @@ def test_bench_times_a_model_on_a_folder_and_writes_consistent_ratios(model_dir,
     for r in rows:
         assert r["threads"] == 1
         assert r["speedup"] == pytest.approx(r["full_s"] / r["early_exit_s"])
+        for key in ("speedup", "head_overhead"):  # one round: the quartiles are the median itself
+            assert r[f"{key}_quartiles"] == pytest.approx([r[key]] * 2)
         assert r["speedup_vs_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
         assert 1 <= r["mean_depth"] <= r["num_layers"] and 0 < r["macs_share"] <= 1
     missing = runner.invoke(app, ["bench", "--model", str(model_dir), "--audio", str(tmp_path / "nowhere")])
