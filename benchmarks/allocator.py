@@ -103,6 +103,8 @@ def main(
     json_path: Path = typer.Option(None, "--json", help="also write the figures to this JSON file"),
     worker: bool = typer.Option(False, hidden=True),
 ) -> None:
+    if not sys.platform.startswith("linux"):
+        raise SystemExit("these are settings of glibc's malloc: Linux only")
     if model is None:
         from daisy.demo import SHIPPED, shipped_model
 
