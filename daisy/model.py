@@ -140,21 +140,23 @@ class EarlyExitHubert(nn.Module):
         batch, width, _ = x.shape
         frames = mask.sum(1)
         num_layers = self.num_layers
-        exit_layers = torch.full((batch,), num_layers, dtype=torch.long, device=x.device)
-        final = torch.zeros_like(x)
+        final = None  # allocated at the first early exit; while nobody has left, the last state is it
         states = [x] if keep_states else None
         scores: dict[str, torch.Tensor] = {}
         active = torch.arange(batch, device=x.device)
         # The live path scores only what the policy reads, and never the last layer (it always exits);
-        # a trace (policy None) scores every head on every layer.
+        # a trace (policy None) scores every head on every layer. A fixed policy decides nothing on the way.
+        fixed = isinstance(policy, policies.Fixed)
+        last = min(policy.layer, num_layers) if fixed else num_layers
+        exit_layers = torch.full((batch,), last, dtype=torch.long, device=x.device)
         if policy is None:
             which = ("entropy", "confidence")
         else:
-            which = () if isinstance(policy, policies.Fixed) else (policy.needs,)
+            which = () if fixed else (policy.needs,)
         use_ffn = self.config.head_input == "ffn" and (bool(which) or targets is not None)
         bias = self.backbone.attention_bias(mask, x.dtype)
         weights = self.heads.frame_weights(mask)
-        for layer in range(1, num_layers + 1):
+        for layer in range(1, last + 1):
             if use_ffn:
                 x, feats = self.backbone.layer(layer, x, mask, bias, return_ffn=True)
             else:
@@ -174,16 +176,23 @@ class EarlyExitHubert(nn.Module):
                 full = states[-1].clone()
                 full[active, : x.shape[1]] = x
                 states.append(full)
-            if layer == num_layers:
-                final[active, : x.shape[1]] = x
+            if layer == last:  # everyone left exits here
+                if final is None:
+                    final = x
+                else:
+                    final[active, : x.shape[1]] = x
+                if keep_states:
+                    states.extend(states[-1] for _ in range(num_layers - layer))
                 break
-            if policy is None:
+            if policy is None or fixed:
                 continue
-            if not score_now:  # a layer the policy does not read (a fixed one reads none): give it the shape
+            if not score_now:  # a layer the policy does not read: give it the shape
                 layer_scores = {policy.needs: x.new_zeros(len(active))}
             stop = policy.decide(layer, layer_scores)
             if not bool(stop.any()):
                 continue
+            if final is None:
+                final = torch.zeros_like(x)
             done = active[stop]
             final[done, : x.shape[1]] = x[stop]
             exit_layers[done] = layer

@@ -47,6 +47,21 @@ def test_fixed_exit_truncates_and_repeats_the_exit_state():
     torch.testing.assert_close(out.last_hidden_state, expected[2])
 
 
+def test_fixed_exit_runs_only_its_layers_and_decides_nothing(monkeypatch):
+    model = random_early_exit()
+    wavs, lengths = varied_batch(3)
+    model.policy = policies.Fixed(layer=2)
+    ran = []
+    original = model.backbone.layer
+    monkeypatch.setattr(
+        model.backbone, "layer", lambda i, *args, **kwargs: ran.append(i) or original(i, *args, **kwargs)
+    )
+    monkeypatch.setattr(policies.Fixed, "decide", lambda *args: pytest.fail("a fixed exit needs no decisions"))
+    with torch.no_grad():
+        out = model(wavs, lengths, output_hidden_states=False)
+    assert ran == [1, 2] and out.exit_layers.tolist() == [2, 2, 2] and out.scores == {}
+
+
 @pytest.mark.parametrize(
     "stable,norm,head_input", [(False, "layer", "ffn"), (True, "layer", "output"), (False, "group", "ffn")]
 )
