@@ -153,9 +153,10 @@ class EarlyExitHubert(nn.Module):
             which = ("entropy", "confidence")
         else:
             which = () if fixed else (policy.needs,)
-        use_ffn = self.config.head_input == "ffn" and (bool(which) or targets is not None)
+        scoring = bool(which) or targets is not None  # whether any head runs at all
+        use_ffn = self.config.head_input == "ffn" and scoring
         bias = self.backbone.attention_bias(mask, x.dtype)
-        weights = self.heads.frame_weights(mask)
+        weights = self.heads.frame_weights(mask) if scoring else None
         for layer in range(1, last + 1):
             if use_ffn:
                 x, feats = self.backbone.layer(layer, x, mask, bias, return_ffn=True)
@@ -163,7 +164,7 @@ class EarlyExitHubert(nn.Module):
                 x = feats = self.backbone.layer(layer, x, mask, bias)
             # With targets (analysis) every layer up to the exit is scored; otherwise only what the policy reads.
             read = policy is None or (layer < num_layers and (targets is not None or policy.reads(layer)))
-            score_now = read and (bool(which) or targets is not None)
+            score_now = read and scoring
             layer_scores = {}
             if score_now:
                 tgt = None if targets is None else targets[active, : x.shape[1]]
@@ -181,8 +182,6 @@ class EarlyExitHubert(nn.Module):
                     final = x
                 else:
                     final[active, : x.shape[1]] = x
-                if keep_states:
-                    states.extend(states[-1] for _ in range(num_layers - layer))
                 break
             if policy is None or fixed:
                 continue
@@ -198,14 +197,14 @@ class EarlyExitHubert(nn.Module):
             exit_layers[done] = layer
             keep = ~stop
             if not bool(keep.any()):
-                if keep_states:
-                    states.extend(states[-1] for _ in range(num_layers - layer))
                 break
             active, x, mask = active[keep], x[keep], mask[keep]
             longest = int(mask.sum(1).max())  # trim the time axis to the longest utterance left
             x, mask = x[:, :longest], mask[:, :longest]
             bias = self.backbone.attention_bias(mask, x.dtype)
-            weights = self.heads.frame_weights(mask)
+            weights = self.heads.frame_weights(mask) if scoring else None
+        if keep_states:  # layers past the last exit repeat its state
+            states.extend(states[-1] for _ in range(num_layers + 1 - len(states)))
         return ExitOutput(exit_layers, frames, final, scores, states)
 
     def forward(
