@@ -11,7 +11,10 @@ the measured conv front-end time and d the frame-weighted mean exit depth; and t
 >= 0.9). The multiply-add share at that depth (`daisy.compute`) is printed too: on CPU the conv
 front-end costs far more time than its multiply-adds suggest. The five take turns on every batch (each
 timed on its second consecutive call) and the ratios are medians of per-round ratios, so drift in
-the machine's speed cancels out; their quartiles over rounds are printed beside them.
+the machine's speed cancels out; their quartiles over rounds are printed beside them. The heads'
+overhead is also timed inside the full+heads calls (head scoring and exit decisions over the rest of
+the same calls): it misses what the heads do to the layers around them, but it is not a difference
+of two noisy timings.
 
     daisy bench [--model DIR | --preset base --classes 500] [--audio synthetic|DIR] [--depth 3.0]
         [--utterances 32] [--repeats 5] [--threads N] [--json FILE]
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -64,6 +68,39 @@ def ratio_quartiles(a: list[float], b: list[float]) -> tuple[float, float, float
         return ratios[0], ratios[0], ratios[0]
     q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     return q1, median, q3
+
+
+def timed_inside(model: EarlyExitHubert, policy: policies.Policy, groups: list, repeats: int) -> list[float]:
+    """Per round over all `groups`, the share of `model`'s time under `policy` spent inside head scoring and
+    the policy's decisions: a direct measure of what the heads cost, from one set of calls, so it does not
+    suffer the noise of a difference of two timings."""
+    inside = 0.0
+
+    def timer(fn):
+        def timed(*args, **kwargs):
+            nonlocal inside
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                inside += time.perf_counter() - start
+
+        return timed
+
+    model.heads.scores = timer(model.heads.scores)  # shadows the method on this instance until deleted
+    model.policy = replace(policy)
+    model.policy.decide = timer(policy.decide)
+    shares = []
+    try:
+        for _ in range(repeats):
+            inside, start = 0.0, time.perf_counter()
+            for padded, lengths in groups:
+                model(padded, lengths, output_hidden_states=False)
+            shares.append(inside / (time.perf_counter() - start))
+    finally:
+        del model.heads.scores
+        model.policy = policy
+    return shares
 
 
 def load_model(path: str | None, preset: str = "tiny", classes: int = 100) -> EarlyExitHubert:
@@ -142,6 +179,7 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
         }
         with torch.inference_mode():
             t = interleaved_seconds(candidates, [(p, n) for _, p, n in groups], repeats)
+            inside = timed_inside(model, never, [(p, n) for _, p, n in groups], repeats)
             model.policy = budget
             outs = [model(p, n, output_hidden_states=False) for _, p, n in groups]
         exits = torch.cat([o.exit_layers for o in outs]).float()
@@ -152,6 +190,8 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
         ideal = t_full / (t_front + weighted_depth / model.num_layers * (t_full - t_front))
         speedup = ratio_quartiles(t["full"], t["early_exit"])
         overhead = [r - 1 for r in ratio_quartiles(t["full_heads"], t["full"])]
+        # time inside the heads over the rest of the same calls: their overhead on the full model, directly
+        inside_overhead = ratio_quartiles(inside, [1 - share for share in inside])
         rows.append(
             {
                 "batch": batch_size,
@@ -162,6 +202,8 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
                 "num_layers": model.num_layers,
                 "head_overhead": overhead[1],
                 "head_overhead_quartiles": [overhead[0], overhead[2]],
+                "head_overhead_inside": inside_overhead[1],
+                "head_overhead_inside_quartiles": [inside_overhead[0], inside_overhead[2]],
                 "full_vs_reference": ratio_quartiles(t["full"], t["reference"])[1],
                 "speedup": speedup[1],
                 "speedup_quartiles": [speedup[0], speedup[2]],
@@ -195,6 +237,7 @@ COLUMNS = {
     "early exit": _milliseconds("early_exit_s"),
     "mean depth": lambda r: f"{r['mean_depth']:.2f}",
     "heads overhead (quartiles)": _with_quartiles("head_overhead", _percent),
+    "heads, timed inside (quartiles)": _with_quartiles("head_overhead_inside", _percent),
     "full/transformers": lambda r: f"{r['full_vs_reference']:.2f}",
     "speedup (quartiles)": _with_quartiles("speedup", lambda x: f"{x:.2f}x"),
     "ideal": lambda r: f"{r['ideal_speedup']:.2f}x",

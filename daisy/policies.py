@@ -60,8 +60,9 @@ class Entropy(Policy):
     needs = "entropy"
 
     def decide(self, layer, scores):
-        below = scores["entropy"] <= _threshold_at(self.threshold, layer)
-        return below & (layer >= self.min_layer)
+        if layer < self.min_layer:
+            return torch.zeros_like(scores["entropy"], dtype=torch.bool)
+        return scores["entropy"] <= _threshold_at(self.threshold, layer)
 
     def reads(self, layer):
         return layer >= self.min_layer
@@ -77,7 +78,9 @@ class Confidence(Policy):
     needs = "confidence"
 
     def decide(self, layer, scores):
-        return (scores["confidence"] >= self.threshold) & (layer >= self.min_layer)
+        if layer < self.min_layer:
+            return torch.zeros_like(scores["confidence"], dtype=torch.bool)
+        return scores["confidence"] >= self.threshold
 
     def reads(self, layer):
         return layer >= self.min_layer

@@ -1,11 +1,22 @@
 """daisy.bench helpers: turn-taking timing, paired ratios and realistic random heads."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import random_early_exit
-from daisy.bench import TRAINED_LOGIT_STD, _with_quartiles, interleaved_seconds, ratio_quartiles, spread_like_trained
+from daisy import policies
+from daisy.bench import (
+    TRAINED_LOGIT_STD,
+    _with_quartiles,
+    interleaved_seconds,
+    ratio_quartiles,
+    spread_like_trained,
+    timed_inside,
+)
+from daisy.heads import ExitHeads
 
 
 def test_settings_take_turns_and_only_second_calls_are_timed():
@@ -43,3 +54,18 @@ def test_random_heads_get_the_logit_spread_of_trained_ones(head_input):
             x, ffn = model.backbone.layer(layer, x, mask, return_ffn=True)
             logits = model.heads.logits(layer, ffn if head_input == "ffn" else x)
             assert logits.std(-1).mean().item() == pytest.approx(TRAINED_LOGIT_STD, rel=1e-4)
+
+
+def test_time_inside_the_heads_is_measured_and_the_model_left_as_it_was(monkeypatch):
+    model = random_early_exit()
+    never = policies.Entropy(threshold=-1.0)
+    groups = [(torch.randn(2, 8000), torch.tensor([8000, 6000]))]
+    with torch.inference_mode():
+        plain = timed_inside(model, never, groups, repeats=2)
+        # heads made 30 ms slower per call: they now take nearly all the time
+        scores = ExitHeads.scores
+        monkeypatch.setattr(ExitHeads, "scores", lambda *a, **k: (time.sleep(0.03), scores(*a, **k))[1])
+        slow = timed_inside(model, never, groups, repeats=2)
+    assert len(plain) == 2 and all(0.0 < share < 0.5 for share in plain)
+    assert all(share > 0.8 for share in slow)
+    assert "scores" not in vars(model.heads) and model.policy is never and "decide" not in vars(never)
