@@ -375,7 +375,7 @@ def ship(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def s3prl(ctx: typer.Context):
-    """Run s3prl's downstream runner with daisy's upstreams registered: daisy s3prl -- ARGS (needs [s3prl])."""
+    """Run s3prl's downstream runner with daisy's upstreams registered: daisy s3prl -- ARGS (needs the s3prl extra)."""
     from daisy.upstream.s3prl_plugin import run_s3prl_downstream
 
     try:

@@ -39,6 +39,15 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+def test_help_shows_every_command_summary_verbatim():
+    # rich reads "[word]" in help text as markup and drops it: each summary must come out whole
+    result = runner.invoke(app, ["--help"], terminal_width=300)
+    shown = " ".join(result.output.replace("│", " ").split())
+    for command in app.registered_commands:
+        summary = " ".join(command.callback.__doc__.strip().splitlines()[0].split())
+        assert summary in shown, summary
+
+
 def test_exit_prints_a_line_per_file_and_json(model_dir, wavs):
     result = runner.invoke(app, ["exit", "--model", str(model_dir), *map(str, wavs)])
     assert result.exit_code == 0, result.output
