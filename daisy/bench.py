@@ -87,6 +87,7 @@ def timed_inside(model: EarlyExitHubert, policy: policies.Policy, groups: list, 
 
         return timed
 
+    previous = model.policy
     model.heads.scores = timer(model.heads.scores)  # shadows the method on this instance until deleted
     model.policy = replace(policy)
     model.policy.decide = timer(policy.decide)
@@ -99,7 +100,7 @@ def timed_inside(model: EarlyExitHubert, policy: policies.Policy, groups: list, 
             shares.append(inside / (time.perf_counter() - start))
     finally:
         del model.heads.scores
-        model.policy = policy
+        model.policy = previous
     return shares
 
 

@@ -264,10 +264,7 @@ def noise_sweep_cmd(
     except (OSError, ValueError) as e:
         fail(str(e))
     config = ns.SweepConfig(noises=tuple(kinds), snrs=snrs)
-    rows = ns.sweep(early, wavs, config, include_clean, pool, noise_files)
-    summary = ns.summarize(rows, early)
-    ns.write_results(rows, summary, early, out_dir, [str(u.path) for u in utts])
-    out.print(ns.markdown_table(summary), highlight=False)
+    traced = {}  # with --asr, its test features carry the head entropies the sweep needs: no second pass
     if asr:
         quality = sq.asr_quality(
             early,
@@ -278,7 +275,13 @@ def noise_sweep_cmd(
             sq.QualityConfig(size=asr_size),
             pool,
             noise_files,
+            test_entropy=traced,
         )
+    rows = ns.sweep(early, wavs, config, include_clean, pool, noise_files, traced=traced)
+    summary = ns.summarize(rows, early)
+    ns.write_results(rows, summary, early, out_dir, [str(u.path) for u in utts])
+    out.print(ns.markdown_table(summary), highlight=False)
+    if asr:
         sq.write_quality(quality, out_dir)
         out.print(sq.markdown_table(quality), highlight=False)
     out.print(f"exit depth rises as SNR falls: {ns.monotone(summary)}; results in {out_dir}", highlight=False)

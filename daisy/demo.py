@@ -73,8 +73,10 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
     results["pretraining"] = _read_json(base / "pretrain.json")
     results["heads"] = _head_summary(out)
     results["minisuperb"] = _minisuperb(out, model, splits, config)
-    results["noise_sweep"] = _noise_sweep(out, model, splits, config)
-    results["asr_per_snr"] = _asr_per_snr(out, model, splits, config)
+    traced = {}  # the ASR stage's test entropies per condition: the noise sweep need not run them again
+    asr_per_snr = _asr_per_snr(out, model, splits, config, traced)
+    results["noise_sweep"] = _noise_sweep(out, model, splits, config, traced)
+    results["asr_per_snr"] = asr_per_snr
     write_json(out / "report" / "results.json", results)
     _write_report(out / "report", results)
     console.print(f"report: {out / 'report' / 'report.md'}")
@@ -135,7 +137,7 @@ def _minisuperb(out: Path, model, splits, config: DemoConfig) -> dict:
     }
 
 
-def _noise_sweep(out: Path, model, splits, config: DemoConfig) -> dict:
+def _noise_sweep(out: Path, model, splits, config: DemoConfig, traced: dict) -> dict:
     from daisy import noise_sweep as ns
     from daisy.data.sources import load_all
 
@@ -144,7 +146,7 @@ def _noise_sweep(out: Path, model, splits, config: DemoConfig) -> dict:
         utts = splits["test"][: config.sweep_utterances]
         wavs = load_all(utts)
         sweep_config = _sweep_config(config)
-        rows = ns.sweep(model, wavs, sweep_config, True, load_all(splits["train"][:64]))
+        rows = ns.sweep(model, wavs, sweep_config, True, load_all(splits["train"][:64]), traced=traced)
         ns.write_results(rows, ns.summarize(rows, model), model, folder, [u.id for u in utts])
     summary = json.loads((folder / "noise_sweep.json").read_text())["summary"]
     return {"summary": summary, "monotone": ns.monotone(summary), "table": ns.markdown_table(summary)}
@@ -157,8 +159,9 @@ def _sweep_config(config: DemoConfig):
     return ns.SweepConfig(snrs=(10.0, 0.0) if config.quick else (20.0, 10.0, 5.0, 0.0, -5.0))
 
 
-def _asr_per_snr(out: Path, model, splits, config: DemoConfig) -> dict:
-    """ASR CER per noise condition at DAISY's exits, fixed truncation and the full model."""
+def _asr_per_snr(out: Path, model, splits, config: DemoConfig, test_entropy: dict) -> dict:
+    """ASR CER per noise condition at DAISY's exits, fixed truncation and the full model; fills
+    `test_entropy` with the test audio's head entropies per condition when it runs."""
     from daisy import sweep_quality as sq
     from daisy.data.sources import load_all
 
@@ -173,6 +176,7 @@ def _asr_per_snr(out: Path, model, splits, config: DemoConfig) -> dict:
             sweep_config,
             config=sq.QualityConfig(size="quick" if config.quick else "cpu"),
             babble_pool=load_all(splits["train"][:64]),
+            test_entropy=test_entropy,
         )
         sq.write_quality(rows, folder)
     rows = json.loads((folder / "asr_quality.json").read_text())["rows"]

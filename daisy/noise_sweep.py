@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from daisy.compute import compute_share
 from daisy.data.noise import make_noise, mix_at_snr
@@ -76,15 +77,22 @@ def sweep(
     include_clean: bool = True,
     babble_pool: list[np.ndarray] = (),
     noise_files: dict[str, np.ndarray] | None = None,
+    traced: dict[tuple[str, float | None], torch.Tensor] | None = None,
 ) -> list[dict]:
     """One row per utterance and condition: utterance index, noise, snr (None when clean), exit layer,
-    and the per-layer head entropies."""
+    and the per-layer head entropies. `traced` maps (noise, snr) to the (N, L) head entropies of these
+    utterances under that condition where they were already computed (`asr_quality` does), so that
+    those conditions are not run again."""
     todo = conditions(config, include_clean)
+    traced = traced or {}
     rows = []
     with progress() as bar:
         task = bar.add_task("noise sweep", total=len(todo))
         for kind, snr in todo:
-            scores = trace_scores(model, mixed(wavs, kind, snr, config, babble_pool, noise_files))
+            if (kind, snr) in traced and model.policy.needs == "entropy":
+                scores = {"entropy": traced[kind, snr]}
+            else:
+                scores = trace_scores(model, mixed(wavs, kind, snr, config, babble_pool, noise_files))
             exits = model.policy.exit_layers(scores)
             for i in range(len(wavs)):
                 rows.append(

@@ -66,8 +66,11 @@ def asr_quality(
     config: QualityConfig | None = None,
     babble_pool=(),
     noise_files=None,
+    test_entropy: dict | None = None,
 ) -> list[dict]:
-    """One row per condition and setting: noise, snr, setting, layer (fixed-k's k), mean exit, CER, WER."""
+    """One row per condition and setting: noise, snr, setting, layer (fixed-k's k), mean exit, CER, WER.
+    A dict passed as `test_entropy` is filled with (noise, snr) -> the test audio's (N, L) head entropies,
+    which the noise sweep of the same audio and conditions can use (`sweep(..., traced=)`)."""
     config = config or QualityConfig()
     (train_wavs, train_texts), (test_wavs, test_texts) = train, test
     if not all(t.strip() for t in train_texts + test_texts):
@@ -99,6 +102,8 @@ def asr_quality(
                 if kind == CLEAN
                 else extract(model, mixed(test_wavs, kind, snr, sweep, babble_pool, noise_files))
             )
+            if test_entropy is not None:
+                test_entropy[kind, snr] = feats.entropy
             for name, policy in chosen.items():
                 exits = policy.exit_layers({"entropy": feats.entropy})
                 result = evaluate(probes[name], "asr", feats, TaskData([], texts=test_texts), exits, vocab, 0)

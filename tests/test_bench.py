@@ -58,7 +58,7 @@ def test_random_heads_get_the_logit_spread_of_trained_ones(head_input):
 
 def test_time_inside_the_heads_is_measured_and_the_model_left_as_it_was(monkeypatch):
     model = random_early_exit()
-    never = policies.Entropy(threshold=-1.0)
+    never, own = policies.Entropy(threshold=-1.0), model.policy
     groups = [(torch.randn(2, 8000), torch.tensor([8000, 6000]))]
     with torch.inference_mode():
         plain = timed_inside(model, never, groups, repeats=2)
@@ -68,4 +68,4 @@ def test_time_inside_the_heads_is_measured_and_the_model_left_as_it_was(monkeypa
         slow = timed_inside(model, never, groups, repeats=2)
     assert len(plain) == 2 and all(0.0 < share < 0.5 for share in plain)
     assert all(share > 0.8 for share in slow)
-    assert "scores" not in vars(model.heads) and model.policy is never and "decide" not in vars(never)
+    assert "scores" not in vars(model.heads) and model.policy is own and "decide" not in vars(never)

@@ -28,7 +28,7 @@ def test_training_audio_is_multi_condition_within_the_sweep_range():
             assert -0.1 <= snr <= 10.1
 
 
-def test_asr_quality_rows_per_condition_and_setting(tmp_path, quick_corpus):
+def test_asr_quality_rows_per_condition_and_setting(tmp_path, quick_corpus, monkeypatch):
     from daisy.data.corpus import load_manifest
 
     model = random_early_exit()
@@ -42,6 +42,7 @@ def test_asr_quality_rows_per_condition_and_setting(tmp_path, quick_corpus):
         (test_wavs, [u.text for u in test]),
         sweep,
         config=sq.QualityConfig(size="quick"),
+        test_entropy=(traced := {}),
     )
     assert [(r["noise"], r["snr"], r["setting"]) for r in rows[:3]] == [
         ("clean", None, "daisy"),
@@ -57,6 +58,10 @@ def test_asr_quality_rows_per_condition_and_setting(tmp_path, quick_corpus):
         if r["setting"] == "daisy":  # the same exits as the noise sweep under the same condition
             same = [e["exit_layer"] for e in exits if (e["noise"], e["snr"]) == (r["noise"], r["snr"])]
             assert r["mean_exit"] == pytest.approx(np.mean(same))
+    # the sweep of the same audio reuses the ASR stage's entropies: the same rows, and the model not run again
+    assert sorted(traced, key=str) == sorted(ns.conditions(sweep), key=str)
+    monkeypatch.setattr(model, "trace", lambda *a, **k: pytest.fail("traced again"))
+    assert ns.sweep(model, test_wavs, sweep, traced=traced) == exits
     clean_daisy = rows[0]["mean_exit"]
     assert all(r["layer"] == max(1, round(clean_daisy)) for r in rows if r["setting"] == "fixed")
     sq.write_quality(rows, tmp_path)
