@@ -50,20 +50,33 @@ def _policy(policy: str | None, threshold: float | None, layer: int | None):
 
 @app.command()
 def info(model: Path = typer.Argument(..., help="HuBERT checkpoint: model directory or s3prl-converted file")):
-    """Load a checkpoint and print its geometry."""
+    """Load a checkpoint and print its geometry; for a daisy model, its exit heads and policy too."""
+    from daisy.model import EarlyExitHubert
     from daisy.upstream import HubertBackbone
 
+    early = None
     try:
-        backbone = HubertBackbone.from_pretrained(model)
+        if (model / "daisy.json").is_file():
+            early = EarlyExitHubert.from_pretrained(model)
+            backbone = early.backbone
+        else:
+            backbone = HubertBackbone.from_pretrained(model)
     except (OSError, ValueError) as e:
         fail(str(e))
     c = backbone.config
-    out.print(
+    lines = [
         f"{model}: {backbone.num_layers} layers x {backbone.hidden_size}, "
         f"{'pre' if c.do_stable_layer_norm else 'post'}-norm, conv front-end norm: {c.feat_extract_norm}, "
-        f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters",
-        highlight=False,
-    )
+        f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters"
+    ]
+    if early is not None:
+        config = early.config
+        source = "the model's own prediction" if config.targets == "teacher" else "k-means ids"
+        where = "feed-forward output" if config.head_input == "ffn" else "output state"
+        lines.append(f"exit heads: {config.num_classes} classes on each layer's {where}, trained on {source}")
+        lines.append(f"policy: {json.dumps(early.policy.to_dict())}")
+    for line in lines:
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -273,7 +273,10 @@ class EarlyExitHubert(nn.Module):
         path = Path(path)
         if not (path / "daisy.json").is_file():
             raise FileNotFoundError(f"{path}: not a daisy model directory (no daisy.json); train heads first")
-        config = DaisyConfig(**json.loads((path / "daisy.json").read_text()))
+        try:
+            config = DaisyConfig(**json.loads((path / "daisy.json").read_text()))
+        except (TypeError, ValueError) as e:  # not JSON, unknown or missing fields, bad values
+            raise ValueError(f"{path / 'daisy.json'}: {e}") from e
         backbone = HubertBackbone.from_pretrained(path)
         heads = ExitHeads(backbone.num_layers, backbone.hidden_size, config.num_classes)
         heads.load_state_dict({k: v.float() for k, v in load_file(str(path / "heads.safetensors")).items()})

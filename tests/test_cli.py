@@ -48,6 +48,20 @@ def test_help_shows_every_command_summary_verbatim():
         assert summary in shown, summary
 
 
+def test_info_prints_the_geometry_and_for_a_daisy_model_its_heads_and_policy(model_dir, tmp_path):
+    result = runner.invoke(app, ["info", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    geometry, heads, policy = result.output.strip().splitlines()
+    assert ": 3 layers x 16, post-norm" in geometry
+    assert heads == "exit heads: 12 classes on each layer's feed-forward output, trained on the model's own prediction"
+    assert json.loads(policy.removeprefix("policy: ")) == random_early_exit().policy.to_dict()
+    random_early_exit().backbone.save_pretrained(tmp_path / "plain")  # a transformers HubertModel: no heads
+    result = runner.invoke(app, ["info", str(tmp_path / "plain")])
+    assert result.exit_code == 0 and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["info", str(tmp_path / "nothing")])
+    assert result.exit_code != 0 and "nothing" in result.output
+
+
 def test_exit_prints_a_line_per_file_and_json(model_dir, wavs):
     result = runner.invoke(app, ["exit", "--model", str(model_dir), *map(str, wavs)])
     assert result.exit_code == 0, result.output

@@ -175,6 +175,17 @@ def test_loading_a_plain_backbone_dir_says_what_is_missing(tmp_path):
         EarlyExitHubert.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "text, problem",
+    [("{not json", "Expecting property name"), ('{"num_classes": 12, "colour": 1}', "colour"), ("{}", "num_classes")],
+)
+def test_a_broken_daisy_json_is_named_with_its_problem(tmp_path, text, problem):
+    random_early_exit().save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "daisy.json").write_text(text)
+    with pytest.raises(ValueError, match=f"daisy.json: .*{problem}"):
+        EarlyExitHubert.from_pretrained(tmp_path / "model")
+
+
 def test_bad_input_reaches_the_user_as_value_error():
     model = random_early_exit()
     with pytest.raises(ValueError, match="utterance 0 has 100 samples"):
