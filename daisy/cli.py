@@ -19,7 +19,10 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 
-DATA_HELP = "'synthetic' (the embedded corpus), a corpus folder with manifest.jsonl, or a folder of audio files"
+DATA_HELP = (
+    "'synthetic' (the embedded corpus), a corpus folder with manifest.jsonl, a folder of audio files, "
+    "or hf:PATH (a dataset saved with HF datasets' save_to_disk)"
+)
 
 
 @app.callback()

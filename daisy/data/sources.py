@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from daisy.audio import load
+from daisy.data import hf
 from daisy.data.corpus import CorpusConfig, Utterance, build_corpus, load_manifest
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -18,10 +19,13 @@ def default_cache() -> Path:
 
 
 def utterances(source: str | Path, split: str | None = None, quick: bool = False) -> list[Utterance]:
-    """`synthetic` (built or reused under $DAISY_CACHE), a folder with manifest.jsonl, or a folder
-    searched recursively for audio files (all counted as split `train`)."""
+    """`synthetic` (built or reused under $DAISY_CACHE), `hf:PATH` (a dataset saved with HF `datasets`,
+    see `daisy.data.hf`), a folder with manifest.jsonl, or a folder searched recursively for audio files
+    (all counted as split `train`)."""
     if str(source) == "synthetic":
         source = build_corpus(default_cache() / "corpus", CorpusConfig.quick() if quick else CorpusConfig())
+    elif str(source).startswith(hf.PREFIX):
+        source = hf.corpus_folder(str(source)[len(hf.PREFIX) :], default_cache() / "hf")
     folder = Path(source)
     if (folder / "manifest.jsonl").is_file():
         return load_manifest(folder, split)
