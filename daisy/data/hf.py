@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from daisy.io import atomic_dir
+from daisy.progress import progress
 
 PREFIX = "hf:"
 TEXT_COLUMNS = ("text", "sentence", "transcription", "normalized_text")
@@ -52,16 +53,17 @@ def _export(saved: Path, folder: Path) -> None:
         loaded = datasets.load_from_disk(str(saved))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{saved}: not a dataset saved with save_to_disk ({e})") from e
-    parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
-    with atomic_dir(folder) as tmp:
+    parts = list(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
+    with atomic_dir(folder) as tmp, progress() as bar:
+        task = bar.add_task(f"reading {saved.name}", total=sum(len(part) for _, part in parts))
         rows = []
         for name, part in parts:
             split = SPLIT_NAMES.get(name, name)
-            rows += _write_split(part, split, tmp, f"{saved} ({name})")
+            rows += _write_split(part, split, tmp, f"{saved} ({name})", lambda: bar.advance(task))
         (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _write_split(part, split: str, tmp: Path, where: str) -> list[dict]:
+def _write_split(part, split: str, tmp: Path, where: str, advance) -> list[dict]:
     import datasets
 
     audio = next((c for c, f in part.features.items() if isinstance(f, datasets.Audio)), None)
@@ -89,4 +91,5 @@ def _write_split(part, split: str, tmp: Path, where: str) -> list[dict]:
                 "split": split,
             }
         )
+        advance()
     return rows
