@@ -155,7 +155,7 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
     full_depth = policies.Fixed(layer=model.num_layers)
     rows = []
     for batch_size in (1, 16):
-        groups = list(batches(wavs, batch_size))
+        groups = [(p, n) for _, p, n in batches(wavs, batch_size)]  # (padded, lengths)
 
         def with_policy(policy):
             def fn(padded, lengths):
@@ -179,10 +179,10 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
             "early_exit": with_policy(budget),
         }
         with torch.inference_mode():
-            t = interleaved_seconds(candidates, [(p, n) for _, p, n in groups], repeats)
-            inside = timed_inside(model, never, [(p, n) for _, p, n in groups], repeats)
+            t = interleaved_seconds(candidates, groups, repeats)
+            inside = timed_inside(model, never, groups, repeats)
             model.policy = budget
-            outs = [model(p, n, output_hidden_states=False) for _, p, n in groups]
+            outs = [model(p, n, output_hidden_states=False) for p, n in groups]
         exits = torch.cat([o.exit_layers for o in outs]).float()
         frames = torch.cat([o.lengths for o in outs]).float()
         mean_depth = exits.mean().item()
