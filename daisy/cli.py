@@ -39,16 +39,39 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-def _policy(policy: str | None, threshold: float | None, layer: int | None):
+def _override_policy(early, policy: str | None, threshold: float | None, layer: int | None) -> None:
+    """Apply `daisy exit`'s --policy / --threshold / --layer to the model's own policy."""
     from daisy import policies
 
     if layer is not None:
-        return policies.Fixed(layer=layer)
-    if policy is None:
-        return None
-    if threshold is None:
-        fail(f"--policy {policy} needs --threshold")
-    return policies.policy_from_dict({"name": policy, "threshold": threshold})
+        if policy is not None or threshold is not None:
+            fail("--layer is a fixed exit: give it without --policy or --threshold")
+        options = {"policy": "fixed", "layer": layer}
+    elif policy is not None:
+        if policy not in ("entropy", "confidence"):
+            hint = {"fixed": "; use --layer N", "oracle": "; it needs targets (analysis only: model.trace)"}
+            fail(f"--policy must be entropy or confidence, got {policy!r}{hint.get(policy, '')}")
+        if threshold is None:
+            fail(f"--policy {policy} needs --threshold")
+        options = {"policy": policy, "threshold": threshold}
+    elif threshold is not None:
+        if early.policy.name not in ("entropy", "budget", "confidence"):
+            fail(f"--threshold needs --policy: this model's policy ({early.policy.name}) has no threshold")
+        options = {"threshold": threshold}  # the model's own policy, with this threshold
+    else:
+        return
+    early.policy = policies.policy_from_dict(policies.override(early.policy.to_dict(), options))
+
+
+def _report_calibration(path: Path, early) -> None:
+    calibration = early.config.provenance["calibration"]
+    out.print(
+        f"{path}: mean exit depth {calibration['reached_depth']:.2f} of {early.num_layers} layers "
+        f"on {calibration['utterances']} held-out utterances",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(f"policy: {json.dumps(early.policy.to_dict())}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -104,7 +127,7 @@ def pretrain(
     config_json: Path = typer.Option(None, "--config", help="JSON file of PretrainConfig fields"),
     noise_prob: float = typer.Option(None, help="denoising pretraining: share of inputs with noise mixed in"),
     time_limit: float = typer.Option(None, help="stop (with a checkpoint) after this many minutes; rerun resumes"),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
     labels_from: Path = typer.Option(
         None, help="HuBERT iteration 2: labels from k-means on a layer of this model (e.g. iteration 1's RUN/model)"
     ),
@@ -145,37 +168,57 @@ def pretrain(
 
 @app.command("train-heads")
 def train_heads_cmd(
-    model: Path = typer.Option(..., help="pretrained model: daisy pretrain output, HF HuBERT dir or s3prl .pt"),
-    out_dir: Path = typer.Option(..., "--out", help="the daisy model directory to write"),
+    model: Path = typer.Option(
+        ...,
+        help="pretrained model: daisy pretrain output, HF HuBERT dir or s3prl .pt (a daisy model: its heads train on)",
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="run folder: checkpoint, log and the daisy model in out/model"),
     data: str = typer.Option("synthetic", help=DATA_HELP),
-    quick: bool = typer.Option(False),
-    steps: int = typer.Option(None),
-    head_input: str = typer.Option("ffn", help="'ffn' (DAISY's before-norm) or 'output'"),
+    quick: bool = typer.Option(False, help="the small corpus and 60 steps, for tests"),
+    steps: int = typer.Option(None, help="optimiser steps (default 1500; 60 with --quick)"),
+    head_input: str = typer.Option(None, help="'ffn' (DAISY's before-norm, the default) or 'output'"),
     noise_prob: float = typer.Option(0.0, help="share of training inputs with noise mixed in"),
     targets_from: str = typer.Option("input", help="'input' (DAISY) or 'clean'"),
-    classes: int = typer.Option(100, help="k-means K where the model has no pretraining head"),
+    classes: int = typer.Option(None, help="k-means K where the model has no pretraining head (default 100)"),
     depth: float = typer.Option(None, help="calibrate the entropy policy to this mean depth (default 60 % of L)"),
 ):
-    """Train DAISY's per-layer exit heads with the backbone frozen, then calibrate on the dev split."""
+    """Train DAISY's per-layer exit heads with the backbone frozen, then calibrate on the dev split.
+    Rerunning with the same --out resumes from its checkpoint."""
+    from dataclasses import replace
+
     from daisy.data.sources import load_all, utterances
     from daisy.pipeline import calibrate_model, prepare_model
-    from daisy.train_heads import HeadTrainConfig, train_heads
+    from daisy.train_heads import HeadTrainConfig, check_resume, train_heads
 
-    config = HeadTrainConfig.quick() if quick else HeadTrainConfig()
-    config.steps = steps or config.steps
-    config.noise_prob, config.targets_from = noise_prob, targets_from
     try:
+        config = HeadTrainConfig.quick() if quick else HeadTrainConfig()
+        config = replace(config, steps=config.steps if steps is None else steps, noise_prob=noise_prob)
+        config = replace(config, targets_from=targets_from)
+        if classes is not None and classes < 2:
+            raise ValueError(f"--classes must be at least 2, got {classes}")
+        if (model / "daisy.json").is_file() and (head_input is not None or classes is not None):
+            raise ValueError(
+                f"{model} is a daisy model: its heads train on as they are; --head-input and --classes "
+                "choose fresh heads on a backbone (pass the pretrained model instead)"
+            )
         train = load_all(utterances(data, "train", quick))
-        dev = load_all(utterances(data, "dev", quick)) or train[:50]
-        early = prepare_model(model, head_input=head_input, classes=classes, wavs=train)
+        dev = load_all([u for u in utterances(data, "dev", quick) if u.split == "dev"])  # a plain folder has none
+        early = prepare_model(model, head_input=head_input or "ffn", classes=classes or 100, wavs=train)
+        depth = 0.6 * early.num_layers if depth is None else depth
+        if not 1 <= depth <= early.num_layers:
+            raise ValueError(f"--depth {depth:g} outside 1..{early.num_layers} (the model's layers)")
+        check_resume(out_dir, early, config)
     except (OSError, ValueError) as e:
         fail(str(e))
+    if not dev:
+        err.print(f"{data} has no dev split: calibrating on 50 of the training utterances", highlight=False)
+        dev = train[:50]
     train_heads(early, train, out_dir, config)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process writes the model
         return
-    calibrate_model(early, dev, depth or 0.6 * early.num_layers)
+    calibrate_model(early, dev, depth)
     early.save_pretrained(out_dir / "model")
-    out.print(f"daisy model: {out_dir / 'model'} (policy {early.policy.to_dict()})", highlight=False)
+    _report_calibration(out_dir / "model", early)
 
 
 @app.command()
@@ -186,7 +229,7 @@ def calibrate(
     compute: float = typer.Option(None, help="target share of full-model compute (0..1), instead of --depth"),
     per_layer: bool = typer.Option(False, help="one threshold per layer (same quantile) instead of one shared"),
     min_layer: int = typer.Option(1, help="no exit before this layer; the heads below it are not run"),
-    quick: bool = typer.Option(False),
+    quick: bool = typer.Option(False, help="the small corpus, for tests"),
 ):
     """Fit entropy thresholds on held-out audio to a depth or compute budget; saved into daisy.json."""
     from daisy.compute import depth_for_share
@@ -205,7 +248,7 @@ def calibrate(
     except (OSError, ValueError) as e:
         fail(str(e))
     early.save_pretrained(model)
-    out.print(f"{model}: {early.policy.to_dict()}", highlight=False)
+    _report_calibration(model, early)
 
 
 @app.command("exit")
@@ -213,22 +256,22 @@ def exit_cmd(
     files: list[Path] = typer.Argument(..., help="audio files"),
     model: Path = typer.Option(..., help="daisy model directory"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list instead of lines"),
-    policy: str = typer.Option(None, help="override the model's policy: entropy, confidence"),
-    threshold: float = typer.Option(None, help="threshold for --policy"),
-    layer: int = typer.Option(None, help="fixed exit layer (overrides --policy)"),
+    policy: str = typer.Option(None, help="instead of the model's policy: entropy or confidence (with --threshold)"),
+    threshold: float = typer.Option(
+        None, help="threshold for --policy; alone, replaces the threshold of the model's own policy"
+    ),
+    layer: int = typer.Option(None, help="fixed exit at this layer instead of the policy"),
 ):
-    """Run early exit on audio files and print each file's exit layer."""
+    """Run early exit on audio files and print each file's exit layer (files that cannot be read are
+    reported on stderr and left out, also from --json)."""
+    from daisy.model import EarlyExitHubert
     from daisy.pipeline import exit_files
 
     try:
-        from daisy.model import EarlyExitHubert
-
         early = EarlyExitHubert.from_pretrained(model)
-        chosen = _policy(policy, threshold, layer)
+        _override_policy(early, policy, threshold, layer)
     except (OSError, ValueError) as e:
         fail(str(e))
-    if chosen is not None:
-        early.policy = chosen
     results, errors = exit_files(early, files)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
@@ -244,11 +287,11 @@ def exit_cmd(
 @app.command("noise-sweep")
 def noise_sweep_cmd(
     model: Path = typer.Option(..., help="daisy model directory"),
-    audio: str = typer.Option("synthetic", help="'synthetic' (its test split) or a folder of wavs"),
+    audio: str = typer.Option("synthetic", help=f"the test audio: {DATA_HELP} ('synthetic': its test split)"),
     noise: str = typer.Option("white,pink,babble", help="noise types and/or noise audio files, comma-separated"),
     snr: str = typer.Option("clean,20,10,5,0,-5", help="'clean' and SNRs in dB, comma-separated"),
-    out_dir: Path = typer.Option(Path("runs/noise-sweep"), "--out"),
-    limit: int = typer.Option(None, help="use at most this many utterances"),
+    out_dir: Path = typer.Option(Path("runs/noise-sweep"), "--out", help="folder for the table, CSV/JSON and plots"),
+    limit: int = typer.Option(None, help="use at most this many utterances (default: all)"),
     asr: bool = typer.Option(
         False,
         help="also report ASR CER per condition at the exited depth, next to the full model and fixed truncation "
@@ -256,23 +299,30 @@ def noise_sweep_cmd(
     ),
     asr_train: int = typer.Option(300, help="training utterances for the ASR probes"),
     asr_size: str = typer.Option("cpu", help="ASR probe size: quick, cpu or paper"),
-    quick: bool = typer.Option(False),
+    quick: bool = typer.Option(False, help="the small corpus, for tests"),
 ):
     """Exit depth of every utterance at every noise type and SNR: table, CSV/JSON and plots."""
     from daisy import noise_sweep as ns
     from daisy import sweep_quality as sq
-    from daisy.audio import load
     from daisy.data.sources import load_all, utterances
+    from daisy.downstream.minisuperb import SIZES
     from daisy.model import EarlyExitHubert
 
+    if limit is not None and limit < 1:
+        fail(f"--limit must be at least 1, got {limit}")
+    if asr and asr_train < 1:
+        fail(f"--asr-train must be at least 1, got {asr_train}")
+    if asr and asr_size not in SIZES:
+        fail(f"--asr-size must be one of {', '.join(SIZES)}, got {asr_size!r}")
     try:
-        early = EarlyExitHubert.from_pretrained(model)
         include_clean, snrs = ns.parse_snrs(snr)
+        kinds, noise_files = ns.parse_noises(noise)
+        early = EarlyExitHubert.from_pretrained(model)
         utts = utterances(audio, "test" if audio == "synthetic" else None, quick)[:limit]
         wavs = load_all(utts, early.backbone.min_samples)
-        kinds = [k.strip() for k in noise.split(",") if k.strip()]
-        noise_files = {k: load(k) for k in kinds if Path(k).is_file()}
         pool = load_all(utterances(audio, "train", quick)[:64]) if audio == "synthetic" else wavs
+        if "babble" in kinds and len(pool) < 4:
+            raise ValueError(f"babble mixes 4 other utterances; {audio} gives {len(pool)} (raise --limit or drop it)")
         train_utts = utterances(audio, "train", quick)[:asr_train] if asr else []
         if asr and (not train_utts or not all(u.text for u in train_utts + utts)):
             raise ValueError(f"{audio}: --asr needs transcribed train and test splits (synthetic, or manifest.jsonl)")
@@ -300,7 +350,9 @@ def noise_sweep_cmd(
     if asr:
         sq.write_quality(quality, out_dir)
         out.print(sq.markdown_table(quality), highlight=False)
-    out.print(f"exit depth rises as SNR falls: {ns.monotone(summary)}; results in {out_dir}", highlight=False)
+    trend = ns.monotone(summary)
+    verdict = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in trend.items()) or "n/a (one condition per noise)"
+    out.print(f"exit depth rises as SNR falls: {verdict}; results in {out_dir}", highlight=False)
 
 
 @app.command()
@@ -308,10 +360,10 @@ def minisuperb(
     model: Path = typer.Option(..., help="daisy model directory"),
     data: str = typer.Option(
         "synthetic",
-        help="'synthetic' (the embedded corpus) or real corpora as TASK=PATH pairs, comma-separated: "
-        "asr=LIBRISPEECH,sid=VOXCELEB1,se=VOICEBANK_DEMAND,ss=LIBRI2MIX (any subset; the keys librispeech, "
-        "voxceleb1, voicebank, libri2mix work too). Budgets are calibrated on LibriSpeech's dev-* subsets "
-        "when asr is given and has them, else on a sample of the first task's training audio.",
+        help="'synthetic' (the embedded corpus) or real corpora as TASK=PATH pairs, comma-separated, e.g. "
+        "asr=/data/LibriSpeech,sid=/data/VoxCeleb1 (keys: asr or librispeech, sid or voxceleb1, se or "
+        "voicebank for VoiceBank-DEMAND, ss or libri2mix; any subset). Budgets are calibrated on LibriSpeech's "
+        "dev-* subsets when asr is given and has them, else on a sample of the first task's training audio.",
     ),
     out_dir: Path = typer.Option(Path("runs/minisuperb"), "--out"),
     size: str = typer.Option("cpu", help="probe size and steps: quick, cpu or paper (MiniSUPERB's)"),
@@ -325,6 +377,7 @@ def minisuperb(
 ):
     """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC."""
     from daisy.data.sources import load_all, utterances
+    from daisy.downstream.featurizer import MODES
     from daisy.downstream.minisuperb import SIZES, MiniSuperbConfig, run
     from daisy.downstream.tasks import TASKS, corpus_tasks, parse_corpus_paths, synthetic_tasks
     from daisy.model import EarlyExitHubert
@@ -334,8 +387,12 @@ def minisuperb(
     except ValueError as e:
         fail(str(e))
     chosen = tuple(t.strip() for t in (tasks or ",".join(paths or TASKS)).split(",") if t.strip())
-    if not set(chosen) <= set(TASKS) or size not in SIZES:
-        fail(f"--tasks must be among {', '.join(TASKS)} and --size among {', '.join(SIZES)}")
+    if not chosen or not set(chosen) <= set(TASKS):
+        fail(f"--tasks must be among {', '.join(TASKS)}, got {tasks!r}")
+    if size not in SIZES:
+        fail(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
+    if featurizer not in MODES:
+        fail(f"--featurizer must be one of {', '.join(MODES)}, got {featurizer!r}")
     if paths is not None and not set(chosen) <= set(paths):
         fail(f"--tasks {','.join(chosen)}: --data gives no corpus for {', '.join(sorted(set(chosen) - set(paths)))}")
     source = None
@@ -344,7 +401,7 @@ def minisuperb(
         if paths is None:
             train_u, test_u = utterances(data, "train", quick)[:train], utterances(data, "test", quick)[:test]
             dev = load_all(utterances(data, "dev", quick)[:100])
-            task_data = synthetic_tasks(train_u, test_u, load_all(train_u), load_all(test_u))
+            task_data = synthetic_tasks(train_u, test_u, load_all(train_u), load_all(test_u), tasks=chosen)
         else:
             corpora = corpus_tasks({t: paths[t] for t in chosen}, train, test, min_samples=early.backbone.min_samples)
             task_data, source, dev = corpora.data, corpora.source, corpora.dev
@@ -365,7 +422,7 @@ def bench(
     classes: int = typer.Option(100, help="without --model: head classes C"),
     audio: str = typer.Option("synthetic", help="'synthetic' (its test split) or a folder of audio"),
     depth: float = typer.Option(None, help="mean exit depth the entropy budget is calibrated to (default L / 2)"),
-    utterances: int = typer.Option(32),
+    utterances: int = typer.Option(32, help="held-out utterances timed per round"),
     repeats: int = typer.Option(5, help="rounds of timings; medians are reported, with quartiles for the ratios"),
     json_path: Path = typer.Option(None, "--json", help="also write the figures to this JSON file"),
     threads: int = typer.Option(None, help="torch intra-op threads (default: torch's choice, one per core)"),
@@ -383,7 +440,7 @@ def bench(
 def ship(
     run: Path = typer.Option(..., help="pretraining run folder (daisy pretrain --out)"),
     out_dir: Path = typer.Option(..., "--out", help="model directory to write (fp16) with MODEL_CARD.md"),
-    head_steps: int = typer.Option(1500),
+    head_steps: int = typer.Option(1500, help="exit-head training steps"),
 ):
     """Make a pretraining run the default model: heads, calibration, fp16 weights, figures, model card."""
     from daisy.model_card import ship as run_ship

@@ -104,11 +104,20 @@ class EarlyExitHubert(nn.Module):
             raise ValueError(f"{len(heads.heads)} heads for a {backbone.num_layers}-layer backbone")
         self.backbone, self.heads, self.config = backbone, heads, config
         self.teacher, self.kmeans = teacher, kmeans
-        self.policy: policies.Policy = policies.policy_from_dict(config.policy)
+        self.policy = policies.policy_from_dict(config.policy)
 
     @property
     def num_layers(self) -> int:
         return self.backbone.num_layers
+
+    @property
+    def policy(self) -> policies.Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: policies.Policy) -> None:
+        policy.check(self.num_layers)  # a layer or threshold list that does not fit fails here, not mid-batch
+        self._policy = policy
 
     @classmethod
     def from_backbone(
@@ -275,14 +284,36 @@ class EarlyExitHubert(nn.Module):
             raise FileNotFoundError(f"{path}: not a daisy model directory (no daisy.json); train heads first")
         try:
             config = DaisyConfig(**json.loads((path / "daisy.json").read_text()))
+            policies.policy_from_dict(config.policy)
         except (TypeError, ValueError) as e:  # not JSON, unknown or missing fields, bad values
             raise ValueError(f"{path / 'daisy.json'}: {e}") from e
         backbone = HubertBackbone.from_pretrained(path)
         heads = ExitHeads(backbone.num_layers, backbone.hidden_size, config.num_classes)
-        heads.load_state_dict({k: v.float() for k, v in load_file(str(path / "heads.safetensors")).items()})
+        heads.load_state_dict(read_weights(path / "heads.safetensors", "exit heads", heads))
         teacher = load_teacher(path / "teacher_head.safetensors")
         kmeans = KMeansTargets.load(path / "kmeans.safetensors") if (path / "kmeans.safetensors").is_file() else None
-        return cls(backbone, heads, config, teacher=teacher, kmeans=kmeans).eval()
+        try:
+            return cls(backbone, heads, config, teacher=teacher, kmeans=kmeans).eval()
+        except ValueError as e:  # the saved policy does not fit the backbone
+            raise ValueError(f"{path / 'daisy.json'}: {e}") from e
+
+
+def read_weights(path: Path, what: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors in float32, checked against `module`'s shapes; a corrupt or mismatched
+    file is a ValueError naming it."""
+    try:
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors raises its own error type for a corrupt header
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        shapes = "; ".join(f"{k}: {found.get(k)} in the file, {expected.get(k)} in the model" for k in wrong[:3])
+        raise ValueError(f"{path}: {what} do not match the model ({shapes})")
+    return state
 
 
 def load_teacher(path: Path) -> TeacherHead | None:
@@ -290,10 +321,13 @@ def load_teacher(path: Path) -> TeacherHead | None:
         return None
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        temperature = float((f.metadata() or {}).get("temperature", 0.1))
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-    proj = state["final_proj.weight"]
+    try:
+        with safe_open(str(path), "pt") as f:
+            temperature = float((f.metadata() or {}).get("temperature", 0.1))
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        proj = state["final_proj.weight"]
+    except Exception as e:  # corrupt header, or not a teacher head
+        raise ValueError(f"{path}: not a readable teacher head ({e})") from e
     teacher = TeacherHead(proj.shape[1], proj.shape[0], state["label_embs"].shape[0], temperature)
     teacher.load_state_dict(state)
     return teacher

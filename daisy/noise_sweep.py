@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from daisy.audio import load
 from daisy.compute import compute_share
-from daisy.data.noise import make_noise, mix_at_snr
+from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
 from daisy.pipeline import trace_scores
@@ -36,12 +37,30 @@ class SweepConfig:
 
 
 def parse_snrs(text: str) -> tuple[bool, tuple[float, ...]]:
-    """'clean,20,10,0' -> (include clean, (20.0, 10.0, 0.0))."""
+    """'clean,20,10,0' -> (include clean, (20.0, 10.0, 0.0)); repeats count once."""
     items = [s.strip() for s in text.split(",") if s.strip()]
     try:
-        return CLEAN in items, tuple(float(s) for s in items if s != CLEAN)
+        return CLEAN in items, tuple(dict.fromkeys(float(s) for s in items if s != CLEAN))
     except ValueError as err:
         raise ValueError(f"--snr takes 'clean' and numbers in dB separated by commas, got {text!r}") from err
+
+
+def parse_noises(text: str) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """'white,babble,cafe.wav' -> (noise names, {file name: its audio}); repeats count once. A name that is
+    neither a noise type nor an existing file is an error naming it."""
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if not kinds:
+        raise ValueError("--noise is empty: give noise types and/or noise audio files, comma-separated")
+    files = {}
+    for kind in kinds:
+        if kind in NOISE_TYPES:
+            continue
+        if not Path(kind).is_file():
+            raise ValueError(
+                f"--noise {kind!r}: neither a noise type ({', '.join(NOISE_TYPES)}) nor an existing audio file"
+            )
+        files[kind] = load(kind)
+    return kinds, files
 
 
 def noise_for(kind: str, n: int, rng: np.random.Generator, babble_pool, noise_files: dict) -> np.ndarray:
@@ -177,7 +196,8 @@ def plot(summary: list[dict], num_layers: int, out: Path) -> list[Path]:
     ax.set_ylim(0.5, num_layers + 0.5)
     ax.set_title("DAISY exit depth vs noise level")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a clean-only sweep draws no noise curve
+        ax.legend()
     paths = [out / "exit_depth_vs_snr.png"]
     save_figure(fig, paths[0])
 
@@ -220,7 +240,8 @@ def write_results(
 
 
 def monotone(summary: list[dict]) -> dict[str, bool]:
-    """Per noise type: does mean exit depth rise (weakly) as SNR falls, clean first?"""
+    """Per noise type with two or more conditions (clean counts): does mean exit depth rise (weakly) as SNR
+    falls, clean first?"""
     clean = next((s["mean_exit"] for s in summary if s["snr"] is None), None)
     verdict = {}
     for noise in sorted({s["noise"] for s in summary if s["snr"] is not None}):
@@ -229,5 +250,6 @@ def monotone(summary: list[dict]) -> dict[str, bool]:
         ]
         if clean is not None:
             depths.insert(0, clean)
-        verdict[noise] = all(b >= a - 1e-9 for a, b in zip(depths, depths[1:]))
+        if len(depths) > 1:  # one condition shows no trend
+            verdict[noise] = all(b >= a - 1e-9 for a, b in zip(depths, depths[1:]))
     return verdict

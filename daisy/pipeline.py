@@ -15,8 +15,17 @@ from daisy.targets import KMeansTargets, TeacherHead, layer_states, source_backb
 from daisy.upstream import HubertBackbone
 
 
-def batches(wavs: list[np.ndarray], batch_size: int = 8) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """(indices, padded (B, T), lengths) over `wavs`, grouped by length so padding stays small."""
+def batches(
+    wavs: list[np.ndarray], batch_size: int = 8, min_samples: int = 0
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(indices, padded (B, T), lengths) over `wavs`, grouped by length so padding stays small.
+
+    With `min_samples` (the model's `backbone.min_samples`), arrays too short for one frame are named by
+    their index in `wavs` before any batch is made."""
+    short = [i for i, w in enumerate(wavs) if len(w) < min_samples]
+    if short:
+        named = ", ".join(f"wavs[{i}] ({len(wavs[i])} samples)" for i in short[:10])
+        raise ValueError(f"too short for one frame ({min_samples} samples at 16 kHz): {named}")
     order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -47,7 +56,8 @@ def calibrate_model(
     model.policy = policies.calibrate_budget(entropy, depth, per_layer=per_layer, min_layer=min_layer)
     model.config.provenance["calibration"] = {
         "utterances": len(wavs),
-        "target_depth": depth,
+        "target_depth": round(depth, 6),
+        "reached_depth": round(model.policy.exit_layers({"entropy": entropy}).float().mean().item(), 4),
         "per_layer": per_layer,
         "min_layer": min_layer,
     }

@@ -28,6 +28,9 @@ class Policy:
         """Whether `decide` at `layer` looks at the scores: the live model scores only the layers that it does."""
         return True
 
+    def check(self, num_layers: int) -> None:
+        """Raise ValueError if the policy cannot run on a model of `num_layers` layers."""
+
     def to_dict(self) -> dict:
         return {"name": self.name, **asdict(self)}
 
@@ -50,6 +53,11 @@ def _threshold_at(threshold: float | Sequence[float], layer: int) -> float:
     return float(threshold[layer - 1])
 
 
+def _check_min_layer(policy: Policy, num_layers: int) -> None:
+    if not 1 <= policy.min_layer <= num_layers:
+        raise ValueError(f"{policy.name} policy: min_layer {policy.min_layer} outside 1..{num_layers}")
+
+
 @dataclass
 class Entropy(Policy):
     """DAISY: exit once head entropy (nats) falls to the threshold (one value, or one per layer)."""
@@ -66,6 +74,15 @@ class Entropy(Policy):
 
     def reads(self, layer):
         return layer >= self.min_layer
+
+    def check(self, num_layers):
+        _check_min_layer(self, num_layers)
+        # one threshold per layer; the last may be left out, as the last layer always exits
+        if not isinstance(self.threshold, (int, float)) and len(self.threshold) not in (num_layers - 1, num_layers):
+            raise ValueError(
+                f"{self.name} policy: {len(self.threshold)} per-layer thresholds for a {num_layers}-layer model "
+                f"(give {num_layers}, or {num_layers - 1} without the last layer)"
+            )
 
 
 @dataclass
@@ -84,6 +101,9 @@ class Confidence(Policy):
 
     def reads(self, layer):
         return layer >= self.min_layer
+
+    def check(self, num_layers):
+        _check_min_layer(self, num_layers)
 
 
 @dataclass
@@ -104,6 +124,10 @@ class Fixed(Policy):
 
     def reads(self, layer):
         return False
+
+    def check(self, num_layers):
+        if self.layer > num_layers:
+            raise ValueError(f"fixed exit layer {self.layer} is past the model's {num_layers} layers")
 
 
 @dataclass
@@ -145,6 +169,8 @@ def calibrate_budget(entropy: torch.Tensor, target_depth: float, per_layer: bool
     # only the layers the policy can exit at: their entropies set the quantiles
     readable = entropy[:, min_layer - 1 :]
 
+    target_depth = round(target_depth, 6)  # 0.6 * 6 is 3.5999999999999996
+
     def policy_for(q: float) -> Budget:
         if per_layer:
             above = torch.quantile(readable, q, dim=0).tolist()
@@ -177,4 +203,20 @@ def policy_from_dict(spec: dict) -> Policy:
     name = spec.pop("name", None)
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
-    return POLICIES[name](**spec)
+    try:
+        return POLICIES[name](**spec)
+    except TypeError as e:  # a missing or unknown field
+        fields = ", ".join(POLICIES[name].__dataclass_fields__)
+        raise ValueError(f"policy {name!r} takes {fields}; got {', '.join(spec) or 'nothing'}") from e
+
+
+def override(saved: dict, options: dict) -> dict:
+    """The spec of the `saved` policy changed by `options`: a new `policy` name starts from that name alone,
+    other keys (threshold, layer, min_layer, ...) replace the saved ones. A calibrated budget given another
+    threshold becomes a plain entropy policy (its target depth no longer holds)."""
+    options = dict(options)
+    name = options.pop("policy", saved["name"])
+    base = saved if name == saved["name"] else {"name": name}
+    if base["name"] == "budget" and "threshold" in options:
+        base = {k: v for k, v in base.items() if k != "target_depth"} | {"name": "entropy"}
+    return {**base, **options}

@@ -12,6 +12,7 @@ exactly. DDP through `torchrun` (gloo on CPU).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ class HeadTrainConfig:
     def __post_init__(self):
         if self.targets_from not in ("input", "clean"):
             raise ValueError(f"targets_from must be 'input' or 'clean', got {self.targets_from!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if not 0.0 <= self.noise_prob <= 1.0:
+            raise ValueError(f"noise_prob is a share of the inputs, in 0..1; got {self.noise_prob}")
 
     @classmethod
     def quick(cls) -> HeadTrainConfig:
@@ -98,6 +103,34 @@ class HeadObjective(nn.Module):
         return total, stats
 
 
+def _settings(model: EarlyExitHubert, config: HeadTrainConfig) -> dict:
+    """What a resumed run must share with the run that wrote the checkpoint."""
+    heads = {k: getattr(model.config, k) for k in ("num_classes", "head_input", "targets")}
+    return {"heads": heads, "training": {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}}
+
+
+def check_resume(out: str | Path, model: EarlyExitHubert, config: HeadTrainConfig) -> None:
+    """A checkpoint under `out` resumes only with the settings it was trained with: refuse others."""
+    ckpt_file = Path(out) / "heads_checkpoint.pt"
+    if not ckpt_file.is_file():
+        return
+    saved = torch.load(ckpt_file, weights_only=False).get("settings")
+    if saved is None:  # written before settings were recorded
+        return
+    saved, now = (json.loads(json.dumps(x)) for x in (saved, _settings(model, config)))  # tuples vs lists
+    differ = [
+        f"{k}: {saved[part].get(k)!r} there, {v!r} now"
+        for part in ("heads", "training")
+        for k, v in now[part].items()
+        if saved[part].get(k) != v
+    ]
+    if differ:
+        raise ValueError(
+            f"{ckpt_file} was trained with other settings ({'; '.join(differ)}); "
+            f"give another --out, or delete it to start over"
+        )
+
+
 def train_heads(
     model: EarlyExitHubert,
     wavs: list[np.ndarray],
@@ -117,6 +150,7 @@ def train_heads(
     optim = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=config.steps)
     ckpt_file, start, log = out / "heads_checkpoint.pt", 0, []
+    check_resume(out, model, config)
     if ckpt_file.is_file():
         ckpt = torch.load(ckpt_file, weights_only=False)
         heads.load_state_dict(ckpt["heads"])
@@ -153,6 +187,7 @@ def train_heads(
                             "sched": sched.state_dict(),
                             "step": done,
                             "log": log,
+                            "settings": _settings(model, config),
                         },
                         tmp,
                     )

@@ -54,6 +54,8 @@ def test_fairseq_names_map_onto_transformers():
     [
         (b"", "not a readable torch checkpoint"),
         (b"not a pickle at all", "not a readable torch checkpoint"),
+        (b"hi\n", "not a readable torch checkpoint"),  # the unpickler fails with a KeyError here
+        (b"RIFF$\x00\x00\x00WAVEfmt ", "not a readable torch checkpoint"),  # a wav: an IndexError
     ],
 )
 def test_unreadable_checkpoint_files_are_named(tmp_path, content, message):

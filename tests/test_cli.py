@@ -116,6 +116,10 @@ def test_calibrate_writes_the_budget_into_the_model(model_dir, tmp_path, wavs):
     assert json.loads((model_dir / "daisy.json").read_text())["policy"]["min_layer"] == 2
     result = runner.invoke(app, [*args[:-3], "1.5", "--min-layer", "2"])
     assert result.exit_code == 1 and "target depth 1.5 outside 2..3" in result.output
+    calibration = json.loads((model_dir / "daisy.json").read_text())["provenance"]["calibration"]
+    assert f"mean exit depth {calibration['reached_depth']:.2f} of 3 layers on 2 held-out utterances" in " ".join(
+        runner.invoke(app, args).output.split()
+    )
 
 
 def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):
@@ -156,3 +160,79 @@ def test_bench_times_a_model_on_a_folder_and_writes_consistent_ratios(model_dir,
     assert missing.exit_code != 0 and "nowhere" in missing.output
     no_threads = runner.invoke(app, ["bench", "--model", str(model_dir), "--threads", "0"])
     assert no_threads.exit_code != 0 and "--threads must be at least 1" in no_threads.output
+
+
+def test_exit_policy_options(model_dir, wavs):
+    def run(*options):
+        return runner.invoke(app, ["exit", "--model", str(model_dir), "--json", *options, str(wavs[1])])
+
+    result = run("--threshold", "1e9")  # the model's own policy with this threshold: everyone exits at once
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["exit_layer"] == 1
+    assert json.loads(run("--threshold", "-1").output)[0]["exit_layer"] == 3
+    assert json.loads(run("--policy", "confidence", "--threshold", "0").output)[0]["exit_layer"] == 1
+    for options, problem in [
+        (("--layer", "4"), "fixed exit layer 4 is past the model's 3 layers"),
+        (("--layer", "2", "--policy", "entropy", "--threshold", "1"), "--layer is a fixed exit"),
+        (("--policy", "fixed", "--threshold", "1"), "must be entropy or confidence, got 'fixed'; use --layer N"),
+        (("--policy", "oracle", "--threshold", "1"), "it needs targets"),
+        (("--policy", "entropy"), "--policy entropy needs --threshold"),
+    ]:
+        result = run(*options)
+        assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, options
+
+
+def test_train_heads_checks_its_options_before_any_work(model_dir, tmp_path, wavs):
+    def run(*options, model=model_dir):
+        args = ["train-heads", "--model", str(model), "--data", str(wavs[0].parent), "--out", str(tmp_path / "h")]
+        return runner.invoke(app, [*args, *options])
+
+    plain = tmp_path / "plain"
+    random_early_exit().backbone.save_pretrained(plain)
+    for options, model, problem in [
+        (("--steps", "0"), model_dir, "steps must be at least 1"),
+        (("--noise-prob", "2"), model_dir, "noise_prob is a share of the inputs, in 0..1"),
+        (("--targets-from", "bogus"), model_dir, "targets_from must be 'input' or 'clean'"),
+        (("--classes", "30"), model_dir, "is a daisy model: its heads train on as they are"),
+        (("--head-input", "output"), model_dir, "is a daisy model"),
+        (("--classes", "1"), plain, "--classes must be at least 2"),
+        (("--head-input", "middle"), plain, "head_input must be one of"),
+        (("--depth", "10"), model_dir, "--depth 10 outside 1..3"),
+        (("--depth", "0"), model_dir, "--depth 0 outside 1..3"),
+    ]:
+        result = run(*options, model=model)
+        assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, options
+        assert not (tmp_path / "h").exists()
+
+
+def test_noise_sweep_checks_its_options_before_any_work(model_dir, wavs, tmp_path):
+    def run(*options):
+        args = ["noise-sweep", "--model", str(model_dir), "--audio", str(wavs[0].parent), "--out", str(tmp_path / "o")]
+        return runner.invoke(app, [*args, *options])
+
+    for options, problem in [
+        (("--noise", "white,purple"), "--noise 'purple': neither a noise type"),
+        (("--noise", "cafe.wav"), "--noise 'cafe.wav': neither a noise type"),
+        (("--limit", "0"), "--limit must be at least 1"),
+        (("--noise", "babble"), "babble mixes 4 other utterances"),
+        (("--asr", "--asr-size", "huge"), "--asr-size must be one of quick, cpu, paper"),
+        (("--asr", "--asr-train", "0"), "--asr-train must be at least 1"),
+    ]:
+        result = run(*options)
+        assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, options
+        assert not (tmp_path / "o").exists()
+    result = run("--noise", "white,white", "--snr", "10,10")
+    assert result.exit_code == 0, result.output
+    assert "rises as SNR falls: n/a" in result.output  # one condition shows no trend
+    rows = json.loads((tmp_path / "o" / "noise_sweep.json").read_text())["summary"]
+    assert [(r["noise"], r["snr"], r["utterances"]) for r in rows] == [("white", 10.0, 2)]  # repeats count once
+
+
+def test_minisuperb_checks_each_option_by_name(model_dir, tmp_path):
+    for options, problem in [
+        (("--tasks", "asr,mt"), "--tasks must be among asr, sid, se, ss, got 'asr,mt'"),
+        (("--size", "huge"), "--size must be one of quick, cpu, paper, got 'huge'"),
+        (("--featurizer", "bogus"), "--featurizer must be one of static, dynamic, per_depth"),
+    ]:
+        result = runner.invoke(app, ["minisuperb", "--model", str(model_dir), "--out", str(tmp_path / "o"), *options])
+        assert result.exit_code == 1 and problem in result.output, options

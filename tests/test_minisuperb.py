@@ -69,6 +69,18 @@ def test_quick_run_writes_results_for_every_task_and_setting(tmp_path, quick_cor
     assert again["results"]["sid"]["full"] == cached
 
 
+def test_speaker_id_is_closed_set_only_when_it_is_asked_for(quick_corpus):
+    from daisy.data.corpus import load_manifest
+
+    train, test = load_manifest(quick_corpus, "train")[:4], load_manifest(quick_corpus, "test")[:6]  # 4: babble
+    train_wavs, test_wavs = [u.load() for u in train], [u.load() for u in test]
+    assert {u.speaker for u in test} - {u.speaker for u in train}  # unseen speakers in the test set
+    with pytest.raises(ValueError, match=r"never occur in the 4 training utterances \(raise --train\)"):
+        synthetic_tasks(train, test, train_wavs, test_wavs)
+    data = synthetic_tasks(train, test, train_wavs, test_wavs, tasks=("asr",))
+    assert len(data["clean"]["test"].inputs) == 6
+
+
 def test_feature_cache_is_reused_only_for_the_same_model_and_audio(tmp_path):
     import numpy as np
 

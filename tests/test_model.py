@@ -1,5 +1,7 @@
 """EarlyExitHubert: compaction, batch invariance, the offline trace path, persistence."""
 
+import json
+
 import pytest
 import torch
 
@@ -192,6 +194,42 @@ def test_bad_input_reaches_the_user_as_value_error():
         model(*padded_batch([100]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_any_float_input_runs_as_float32(dtype):
+    model = random_early_exit()
+    wavs, lengths = varied_batch(2)
+    wavs = wavs.to(dtype)  # soundfile reads float64 by default
+    with torch.no_grad():
+        got, want = model(wavs, lengths), model(wavs.float(), lengths)
+    assert got.exit_layers.tolist() == want.exit_layers.tolist()
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, rtol=0, atol=0)
+
+
+def test_corrupt_or_mismatched_weight_files_are_named(tmp_path):
+    random_early_exit().save_pretrained(tmp_path / "m")
+    heads = tmp_path / "m" / "heads.safetensors"
+    saved = heads.read_bytes()
+    heads.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="heads.safetensors: not a readable safetensors file"):
+        EarlyExitHubert.from_pretrained(tmp_path / "m")
+    heads.write_bytes(saved)
+    config = json.loads((tmp_path / "m" / "daisy.json").read_text())
+    (tmp_path / "m" / "daisy.json").write_text(json.dumps({**config, "num_classes": 5}))
+    mismatch = r"heads.safetensors: exit heads do not match the model \(heads.0.bias: \(12,\) in the file, \(5,\)"
+    with pytest.raises(ValueError, match=mismatch):
+        EarlyExitHubert.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "daisy.json").write_text(json.dumps({**config, "policy": {"name": "fixed", "layer": 9}}))
+    with pytest.raises(ValueError, match="daisy.json: fixed exit layer 9 is past the model's 3 layers"):
+        EarlyExitHubert.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "daisy.json").write_text(json.dumps({**config, "policy": {"name": "entropi"}}))
+    with pytest.raises(ValueError, match="daisy.json: unknown policy 'entropi'"):
+        EarlyExitHubert.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "daisy.json").write_text(json.dumps(config))
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot load the HuBERT weights"):
+        EarlyExitHubert.from_pretrained(tmp_path / "m")
+
+
 def test_head_scores_equal_their_definitions_over_valid_frames():
     from daisy.heads import ExitHeads
 
@@ -209,3 +247,14 @@ def test_head_scores_equal_their_definitions_over_valid_frames():
         torch.testing.assert_close(got["confidence"][b], dist.probs.max(-1).values.mean())
         torch.testing.assert_close(got["loss"][b], torch.nn.functional.cross_entropy(logits, targets[b, :n]))
     assert set(heads.scores(1, feats, mask, which=("entropy",))) == {"entropy"}
+
+
+def test_batches_name_a_too_short_array_by_its_index():
+    import numpy as np
+
+    from daisy.pipeline import batches
+
+    arrays = [np.zeros(1000, np.float32), np.zeros(300), np.zeros(800), np.zeros(50)]
+    with pytest.raises(ValueError, match=r"wavs\[1\] \(300 samples\), wavs\[3\] \(50 samples\)"):
+        next(batches(arrays, min_samples=400))
+    assert sorted(i for idx, _, _ in batches(arrays) for i in idx) == [0, 1, 2, 3]

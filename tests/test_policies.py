@@ -77,3 +77,36 @@ def test_policies_round_trip_through_dicts():
         assert policies.policy_from_dict(policy.to_dict()) == policy
     with pytest.raises(ValueError, match="unknown policy 'magic'"):
         policies.policy_from_dict({"name": "magic"})
+
+
+def test_a_policy_that_does_not_fit_the_model_is_refused_when_set():
+    from conftest import random_early_exit
+
+    model = random_early_exit()  # 3 layers
+    model.policy = policies.Entropy(threshold=[1.0, 2.0])  # the last layer's threshold may be left out
+    model.policy = policies.Entropy(threshold=[1.0, 2.0, 3.0])
+    for policy, problem in [
+        (policies.Fixed(layer=4), "fixed exit layer 4 is past the model's 3 layers"),
+        (policies.Entropy(threshold=[1.0]), "1 per-layer thresholds for a 3-layer model"),
+        (policies.Budget(threshold=[1.0] * 4, target_depth=2.0), "4 per-layer thresholds"),
+        (policies.Confidence(0.5, min_layer=4), "min_layer 4 outside 1..3"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            model.policy = policy
+    assert model.policy == policies.Entropy(threshold=[1.0, 2.0, 3.0])  # unchanged
+
+
+def test_policy_fields_that_do_not_fit_are_named():
+    with pytest.raises(ValueError, match="policy 'fixed' takes layer; got threshold"):
+        policies.policy_from_dict({"name": "fixed", "threshold": 1.0})
+    with pytest.raises(ValueError, match="policy 'entropy' takes threshold, min_layer; got nothing"):
+        policies.policy_from_dict({"name": "entropy"})
+
+
+def test_overriding_a_saved_policy():
+    budget = {"name": "budget", "threshold": 0.7, "min_layer": 2, "target_depth": 3.6}
+    assert policies.override(budget, {}) == budget
+    # another threshold: the calibrated depth no longer holds, so it is a plain entropy policy
+    assert policies.override(budget, {"threshold": 0.2}) == {"name": "entropy", "threshold": 0.2, "min_layer": 2}
+    assert policies.override(budget, {"policy": "fixed", "layer": 3}) == {"name": "fixed", "layer": 3}
+    assert policies.override(budget, {"min_layer": 3}) == {**budget, "min_layer": 3}

@@ -116,6 +116,12 @@ def test_head_training_resumes_exactly(tmp_path, quick_corpus):
     resumed = train_heads(prepare_model(pretrained), wavs, tmp_path / "b", config)
     for name, value in straight.heads.state_dict().items():
         torch.testing.assert_close(value, resumed.heads.state_dict()[name], rtol=0, atol=0)
+    # the checkpoint resumes only with the settings it was trained with
+    other = HeadTrainConfig(steps=8, checkpoint_every=3, batch_size=2, noise_prob=0.5)
+    with pytest.raises(ValueError, match=r"heads_checkpoint.pt was trained with other settings.*noise_prob: 0.0 there"):
+        train_heads(prepare_model(pretrained), wavs, tmp_path / "b", other)
+    with pytest.raises(ValueError, match="head_input: 'ffn' there, 'output' now"):
+        train_heads(prepare_model(pretrained, head_input="output"), wavs, tmp_path / "b", config)
 
 
 def test_ddp_with_two_processes_keeps_ranks_in_sync(tmp_path, quick_corpus):

@@ -126,6 +126,7 @@ class HubertBackbone(nn.Module):
     def embed(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveforms (B, T) + lengths (B,) -> (state 0 of shape (B, T', D), frame mask (B, T') bool)."""
         lengths = check_batch(wavs, lengths, self.min_samples)
+        wavs = wavs.to(self.model.feature_projection.projection.weight.dtype)  # float64 from soundfile, fp16, ...
         if self.config.normalize_waveform:
             wavs = _normalize_each(wavs, lengths)
         model = self.model

@@ -40,7 +40,10 @@ def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
         if config.model_type != "hubert":
             raise ValueError(f"{path}/config.json describes a {config.model_type!r} model, not a HuBERT")
         # weights may be stored in half precision (the shipped model is); compute runs in float32
-        model = HubertModel.from_pretrained(path).float()
+        try:
+            model = HubertModel.from_pretrained(path).float()
+        except Exception as e:  # no weights file, a corrupt one (safetensors' own error type), wrong shapes
+            raise ValueError(f"{path}: cannot load the HuBERT weights ({e})") from e
         return model.eval(), bool(getattr(config, "normalize_waveform", False))
     if path.is_file():
         converted = read_s3prl_checkpoint(path)
@@ -66,8 +69,8 @@ def _torch_load(path: Path) -> dict:
             # Converted checkpoints may hold config objects that the safe loader refuses; they are
             # the user's own files, loaded the way s3prl itself loads them.
             return torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ModuleNotFoundError) as err:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from err
+    except Exception as err:  # garbage bytes fail in many ways inside the unpickler (KeyError, IndexError, ...)
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
 
 
 def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:

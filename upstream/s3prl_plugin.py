@@ -45,14 +45,6 @@ def read_options(model_config: str | None) -> dict:
     return options
 
 
-def policy_spec(saved: dict, options: dict) -> dict:
-    """The spec the upstream runs: the checkpoint's `saved` policy, changed by `options` (see module doc)."""
-    options = dict(options)
-    name = options.pop("policy", saved["name"])
-    base = saved if name == saved["name"] else {"name": name}
-    return {**base, **options}
-
-
 class UpstreamExpert(nn.Module):
     """An s3prl upstream around `EarlyExitHubert`.
 
@@ -72,10 +64,10 @@ class UpstreamExpert(nn.Module):
             )
         self.model = EarlyExitHubert.from_pretrained(ckpt)
         options = {**read_options(model_config), **options}
-        spec = policy_spec(self.model.policy.to_dict(), options)
+        spec = policies.override(self.model.policy.to_dict(), options)
         try:
             self.model.policy = policies.policy_from_dict(spec)
-        except TypeError as e:  # an unknown field reaches the policy dataclass
+        except ValueError as e:  # an unknown field, or a layer past the model's
             raise ValueError(f"policy options {options} (model_config={model_config}) do not fit {spec}: {e}") from e
 
     def get_downsample_rates(self, key: str) -> int:

@@ -11,7 +11,7 @@ from daisy.audio import load
 from daisy.data import hf
 from daisy.data.corpus import CorpusConfig, Utterance, build_corpus, load_manifest
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 
 
 def default_cache() -> Path:
@@ -30,9 +30,8 @@ def utterances(source: str | Path, split: str | None = None, quick: bool = False
     if (folder / "manifest.jsonl").is_file():
         return load_manifest(folder, split)
     if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder}: no such folder (expected 'synthetic', a corpus folder or a folder of audio)"
-        )
+        problem = "a file" if folder.exists() else "no such folder"
+        raise FileNotFoundError(f"{folder}: {problem} (expected 'synthetic', a corpus folder or a folder of audio)")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
