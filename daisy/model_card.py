@@ -156,6 +156,14 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         "Exit depth rises monotonically as SNR falls: "
         + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in fig["adaptivity"]["monotone"].items()),
         "",
+        "## Limitations",
+        "",
+        "- Synthetic speech only (espeak-ng voices): real recordings are far from what it has heard.",
+        "- Input level: the corpus sits at about -20 dBFS RMS and pretraining added no gain changes, so the model is",
+        "  unsure of quieter speech as it is of noisy speech: 6 dB quieter, clean speech exits near the last",
+        "  layer. Bring audio to about -20 dBFS RMS before comparing exits (`python benchmarks/input_level.py`",
+        "  measures it; figures in docs/results.md).",
+        "",
     ]
     with atomic_path(path, suffix=".md") as tmp:
         tmp.write_text("\n".join(lines))

@@ -1,0 +1,68 @@
+"""How the input level moves exits: the same clean utterances scaled by a range of gains.
+
+DAISY reads how sure the model is of its own answer, so anything the model did not see in pretraining
+can look like noise to it, loudness included. This scales held-out clean utterances by each gain (no
+clipping: the model takes any float) and prints, per gain, the input's mean RMS level (dBFS), the mean
+exit layer and the shares exiting at the first and the last layer, under the model's own policy.
+
+    python benchmarks/input_level.py [--model DIR] [--audio synthetic|DIR] [--utterances 100]
+        [--gains 12,6,0,-6,-12,-20,-30] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def rms_dbfs(wav: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(wav, dtype=np.float64)) + 1e-20))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="daisy model directory (default: the shipped model)")
+    parser.add_argument("--audio", default="synthetic", help="'synthetic' (its test split) or a folder of audio")
+    parser.add_argument("--utterances", type=int, default=100)
+    parser.add_argument("--gains", default="12,6,0,-6,-12,-20,-30", help="gains in dB, comma-separated")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args()
+
+    from daisy.data.sources import load_all, utterances
+    from daisy.demo import shipped_model
+    from daisy.io import write_json
+    from daisy.model import EarlyExitHubert
+    from daisy.pipeline import trace_scores
+
+    model = EarlyExitHubert.from_pretrained(args.model or shipped_model())
+    utts = utterances(args.audio, "test" if args.audio == "synthetic" else None)[: args.utterances]
+    wavs = load_all(utts, model.backbone.min_samples)
+    rows = []
+    for gain in (float(g) for g in args.gains.split(",")):
+        scaled = [w * np.float32(10 ** (gain / 20)) for w in wavs]
+        exits = model.policy.exit_layers(trace_scores(model, scaled)).float()
+        rows.append(
+            {
+                "gain_db": gain,
+                "rms_dbfs": round(float(np.mean([rms_dbfs(w) for w in scaled])), 1),
+                "mean_exit": round(exits.mean().item(), 2),
+                "share_layer_1": round((exits == 1).float().mean().item(), 3),
+                "share_last_layer": round((exits == model.num_layers).float().mean().item(), 3),
+            }
+        )
+    print(f"{len(wavs)} utterances, policy {model.policy.to_dict()}")
+    print("| gain (dB) | mean RMS (dBFS) | mean exit | exit at layer 1 | exit at the last layer |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['gain_db']:+g} | {r['rms_dbfs']:.1f} | {r['mean_exit']:.2f} | "
+            f"{r['share_layer_1']:.0%} | {r['share_last_layer']:.0%} |"
+        )
+    if args.json:
+        write_json(args.json, {"model": str(args.model or "shipped"), "utterances": len(wavs), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
