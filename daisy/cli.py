@@ -99,7 +99,8 @@ def info(model: Path = typer.Argument(..., help="HuBERT checkpoint: model direct
         config = early.config
         source = "the model's own prediction" if config.targets == "teacher" else "k-means ids"
         where = "feed-forward output" if config.head_input == "ffn" else "output state"
-        lines.append(f"exit heads: {config.num_classes} classes on each layer's {where}, trained on {source}")
+        rank = "" if config.head_rank is None else f", rank {config.head_rank}"
+        lines.append(f"exit heads: {config.num_classes} classes{rank} on each layer's {where}, trained on {source}")
         lines.append(f"policy: {json.dumps(early.policy.to_dict())}")
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True)
@@ -180,6 +181,9 @@ def train_heads_cmd(
     noise_prob: float = typer.Option(0.0, help="share of training inputs with noise mixed in"),
     targets_from: str = typer.Option("input", help="'input' (DAISY) or 'clean'"),
     classes: int = typer.Option(None, help="k-means K where the model has no pretraining head (default 100)"),
+    head_rank: int = typer.Option(
+        None, help="factorise each head through this many dimensions (cheaper; default: DAISY's full Linear)"
+    ),
     depth: float = typer.Option(None, help="calibrate the entropy policy to this mean depth (default 60 % of L)"),
 ):
     """Train DAISY's per-layer exit heads with the backbone frozen, then calibrate on the dev split.
@@ -196,14 +200,14 @@ def train_heads_cmd(
         config = replace(config, targets_from=targets_from)
         if classes is not None and classes < 2:
             raise ValueError(f"--classes must be at least 2, got {classes}")
-        if (model / "daisy.json").is_file() and (head_input is not None or classes is not None):
+        if (model / "daisy.json").is_file() and any(o is not None for o in (head_input, classes, head_rank)):
             raise ValueError(
-                f"{model} is a daisy model: its heads train on as they are; --head-input and --classes "
-                "choose fresh heads on a backbone (pass the pretrained model instead)"
+                f"{model} is a daisy model: its heads train on as they are; --head-input, --classes and "
+                "--head-rank choose fresh heads on a backbone (pass the pretrained model instead)"
             )
         train = load_all(utterances(data, "train", quick))
         dev = load_all([u for u in utterances(data, "dev", quick) if u.split == "dev"])  # a plain folder has none
-        early = prepare_model(model, head_input=head_input or "ffn", classes=classes or 100, wavs=train)
+        early = prepare_model(model, head_input or "ffn", classes or 100, train, head_rank)
         depth = 0.6 * early.num_layers if depth is None else depth
         if not 1 <= depth <= early.num_layers:
             raise ValueError(f"--depth {depth:g} outside 1..{early.num_layers} (the model's layers)")

@@ -12,10 +12,21 @@ from torch import nn
 
 
 class ExitHeads(nn.Module):
-    def __init__(self, num_layers: int, hidden_size: int, num_classes: int):
+    """`rank` None: DAISY's plain Linear(D, C) per layer. A rank r factorises it as Linear(D, r) then
+    Linear(r, C), the same classifier restricted to rank r, at r (D + C) / (D C) of its multiply-adds."""
+
+    def __init__(self, num_layers: int, hidden_size: int, num_classes: int, rank: int | None = None):
         super().__init__()
-        self.num_classes = num_classes
-        self.heads = nn.ModuleList(nn.Linear(hidden_size, num_classes) for _ in range(num_layers))
+        if rank is not None and not 1 <= rank < min(hidden_size, num_classes):
+            raise ValueError(f"head rank must be in 1..{min(hidden_size, num_classes) - 1} (below D and C), got {rank}")
+        self.num_classes, self.rank = num_classes, rank
+
+        def head() -> nn.Module:
+            if rank is None:
+                return nn.Linear(hidden_size, num_classes)
+            return nn.Sequential(nn.Linear(hidden_size, rank, bias=False), nn.Linear(rank, num_classes))
+
+        self.heads = nn.ModuleList(head() for _ in range(num_layers))
 
     def logits(self, layer: int, features: torch.Tensor) -> torch.Tensor:
         """features (..., D) of layer `layer` (1-based) -> logits (..., C)."""

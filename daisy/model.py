@@ -37,6 +37,8 @@ class DaisyConfig:
     # "ffn": the layer's feed-forward output before the residual add and layer norm (DAISY's default,
     # "before-norm"); "output": the layer's output state.
     head_input: str = "ffn"
+    # None: DAISY's Linear(D, C) heads; r: each factorised through r dimensions (cheaper; see heads.py)
+    head_rank: int | None = None
     targets: str = "teacher"  # "teacher" (the model's own prediction) or "kmeans"
     policy: dict = field(default_factory=lambda: {"name": "entropy", "threshold": 1.0})
     provenance: dict = field(default_factory=dict)
@@ -126,7 +128,7 @@ class EarlyExitHubert(nn.Module):
         """Fresh (untrained) heads on a backbone, initialised from `seed` (reproducible runs)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            heads = ExitHeads(backbone.num_layers, backbone.hidden_size, num_classes)
+            heads = ExitHeads(backbone.num_layers, backbone.hidden_size, num_classes, config.get("head_rank"))
         return cls(backbone, heads, DaisyConfig(num_classes=num_classes, **config), teacher=teacher)
 
     # -- running ----------------------------------------------------------------------------------
@@ -288,7 +290,10 @@ class EarlyExitHubert(nn.Module):
         except (TypeError, ValueError) as e:  # not JSON, unknown or missing fields, bad values
             raise ValueError(f"{path / 'daisy.json'}: {e}") from e
         backbone = HubertBackbone.from_pretrained(path)
-        heads = ExitHeads(backbone.num_layers, backbone.hidden_size, config.num_classes)
+        try:
+            heads = ExitHeads(backbone.num_layers, backbone.hidden_size, config.num_classes, config.head_rank)
+        except ValueError as e:
+            raise ValueError(f"{path / 'daisy.json'}: {e}") from e
         heads.load_state_dict(read_weights(path / "heads.safetensors", "exit heads", heads))
         teacher = load_teacher(path / "teacher_head.safetensors")
         kmeans = KMeansTargets.load(path / "kmeans.safetensors") if (path / "kmeans.safetensors").is_file() else None

@@ -65,7 +65,11 @@ def calibrate_model(
 
 
 def prepare_model(
-    path: str | Path, head_input: str = "ffn", classes: int = 100, wavs: list[np.ndarray] | None = None
+    path: str | Path,
+    head_input: str = "ffn",
+    classes: int = 100,
+    wavs: list[np.ndarray] | None = None,
+    head_rank: int | None = None,
 ) -> EarlyExitHubert:
     """An EarlyExitHubert with fresh heads on the backbone at `path`, with the best targets it allows:
     its own pretraining head (teacher) where it has one, else MFCC k-means fitted on `wavs`. A pretraining
@@ -90,6 +94,7 @@ def prepare_model(
             teacher.num_classes,
             teacher=teacher,
             head_input=head_input,
+            head_rank=head_rank,
             targets="teacher",
             provenance=provenance,
         )
@@ -99,7 +104,7 @@ def prepare_model(
     if not wavs:
         raise ValueError(f"{path} has no pretraining head: k-means targets need audio to fit on")
     model = EarlyExitHubert.from_backbone(
-        backbone, classes, head_input=head_input, targets="kmeans", provenance=provenance
+        backbone, classes, head_input=head_input, head_rank=head_rank, targets="kmeans", provenance=provenance
     )
     model.kmeans = fit_mfcc_kmeans(wavs, classes)
     return model

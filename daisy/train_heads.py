@@ -105,7 +105,7 @@ class HeadObjective(nn.Module):
 
 def _settings(model: EarlyExitHubert, config: HeadTrainConfig) -> dict:
     """What a resumed run must share with the run that wrote the checkpoint."""
-    heads = {k: getattr(model.config, k) for k in ("num_classes", "head_input", "targets")}
+    heads = {k: getattr(model.config, k) for k in ("num_classes", "head_input", "head_rank", "targets")}
     return {"heads": heads, "training": {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}}
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from conftest import random_early_exit
 from daisy import audio
 from daisy.cli import app
+from daisy.model import EarlyExitHubert
 from daisy.targets import KMeansTargets
 
 runner = CliRunner()
@@ -60,6 +61,8 @@ def test_info_prints_the_geometry_and_for_a_daisy_model_its_heads_and_policy(mod
     assert result.exit_code == 0 and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, ["info", str(tmp_path / "nothing")])
     assert result.exit_code != 0 and "nothing" in result.output
+    EarlyExitHubert.from_backbone(random_early_exit().backbone, 12, head_rank=4).save_pretrained(tmp_path / "r")
+    assert "exit heads: 12 classes, rank 4 on each" in runner.invoke(app, ["info", str(tmp_path / "r")]).output
 
 
 def test_exit_prints_a_line_per_file_and_json(model_dir, wavs):
@@ -195,6 +198,8 @@ def test_train_heads_checks_its_options_before_any_work(model_dir, tmp_path, wav
         (("--targets-from", "bogus"), model_dir, "targets_from must be 'input' or 'clean'"),
         (("--classes", "30"), model_dir, "is a daisy model: its heads train on as they are"),
         (("--head-input", "output"), model_dir, "is a daisy model"),
+        (("--head-rank", "4"), model_dir, "is a daisy model"),
+        (("--head-rank", "16"), plain, "head rank must be in 1..15"),
         (("--classes", "1"), plain, "--classes must be at least 2"),
         (("--head-input", "middle"), plain, "head_input must be one of"),
         (("--depth", "10"), model_dir, "--depth 10 outside 1..3"),

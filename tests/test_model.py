@@ -249,6 +249,27 @@ def test_head_scores_equal_their_definitions_over_valid_frames():
     assert set(heads.scores(1, feats, mask, which=("entropy",))) == {"entropy"}
 
 
+def test_a_low_rank_head_is_the_product_of_its_two_factors_and_round_trips(tmp_path):
+    from daisy.heads import ExitHeads
+
+    heads = ExitHeads(3, 16, 12, rank=4)
+    feats = torch.randn(2, 5, 16)
+    down, up = heads.heads[1]
+    torch.testing.assert_close(heads.logits(2, feats), feats @ (up.weight @ down.weight).T + up.bias)
+    assert down.bias is None and sum(p.numel() for p in heads.heads[0].parameters()) == 16 * 4 + 4 * 12 + 12
+    for rank in (0, 12):
+        with pytest.raises(ValueError, match="head rank must be in 1..11"):
+            ExitHeads(3, 16, 12, rank=rank)
+    model = EarlyExitHubert.from_backbone(random_early_exit().backbone, 12, head_rank=4)
+    assert model.heads.rank == 4 and model.config.head_rank == 4
+    model.save_pretrained(tmp_path / "m")
+    loaded = EarlyExitHubert.from_pretrained(tmp_path / "m")
+    wavs, lengths = varied_batch(3)
+    with torch.no_grad():
+        a, b = model.trace(wavs, lengths), loaded.trace(wavs, lengths)
+    torch.testing.assert_close(a.scores["entropy"], b.scores["entropy"])
+
+
 def test_batches_name_a_too_short_array_by_its_index():
     import numpy as np
 
