@@ -16,7 +16,7 @@ overhead is also timed inside the full+heads calls (head scoring and exit decisi
 the same calls): it misses what the heads do to the layers around them, but it is not a difference
 of two noisy timings.
 
-    daisy bench [--model DIR | --preset base --classes 500] [--audio synthetic|DIR] [--depth 3.0]
+    daisy bench [--model DIR | --preset base --classes 500 [--head-rank 64]] [--audio synthetic|DIR] [--depth 3.0]
         [--utterances 32] [--repeats 5] [--threads N] [--json FILE]
     python benchmarks/speed.py ...   (the same, as a script)
 """
@@ -104,14 +104,16 @@ def timed_inside(model: EarlyExitHubert, policy: policies.Policy, groups: list, 
     return shares
 
 
-def load_model(path: str | None, preset: str = "tiny", classes: int = 100) -> EarlyExitHubert:
-    """A daisy model directory, or (path None) a random model of `preset` with `classes`-way heads; give the
-    random one realistic heads with `spread_like_trained` before timing it."""
+def load_model(
+    path: str | None, preset: str = "tiny", classes: int = 100, head_rank: int | None = None
+) -> EarlyExitHubert:
+    """A daisy model directory, or (path None) a random model of `preset` with `classes`-way heads (of
+    `head_rank`); give the random one realistic heads with `spread_like_trained` before timing it."""
     if path:
         return EarlyExitHubert.from_pretrained(path)
     from daisy.upstream import HubertBackbone
 
-    return EarlyExitHubert.from_backbone(HubertBackbone.from_preset(preset), classes).eval()
+    return EarlyExitHubert.from_backbone(HubertBackbone.from_preset(preset), classes, head_rank=head_rank).eval()
 
 
 TRAINED_LOGIT_STD = 3.0  # spread of the shipped model's head logits over classes, at every layer
@@ -130,8 +132,9 @@ def spread_like_trained(model: EarlyExitHubert, wav: np.ndarray) -> None:
     with torch.no_grad():
         for layer, (head, layer_feats) in enumerate(zip(model.heads.heads, feats), start=1):
             scale = TRAINED_LOGIT_STD / model.heads.logits(layer, layer_feats).std(-1).mean()
-            head.weight.mul_(scale)
-            head.bias.mul_(scale)
+            last = head[-1] if isinstance(head, torch.nn.Sequential) else head  # a low-rank head's output factor
+            last.weight.mul_(scale)
+            last.bias.mul_(scale)
 
 
 def speech(n: int, source: str = "synthetic", seed: int = 0) -> list[np.ndarray]:
@@ -257,6 +260,7 @@ def benchmark(
     repeats: int = 5,
     json_path: str | None = None,
     threads: int | None = None,
+    head_rank: int | None = None,
 ) -> list[dict]:
     """Run the benchmark, print its table, optionally write the figures as JSON; returns the rows.
     `threads` sets torch's intra-op threads for the run (default: torch's own choice)."""
@@ -264,7 +268,7 @@ def benchmark(
         if threads < 1:
             raise ValueError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    model = load_model(model_dir, preset, classes)
+    model = load_model(model_dir, preset, classes, head_rank)
     wavs = speech(utterances, audio)
     if model_dir is None:
         spread_like_trained(model, wavs[0])
@@ -281,5 +285,7 @@ def benchmark(
     if json_path:
         from daisy.io import write_json
 
-        write_json(json_path, {"model": model_dir or f"random {preset}, C={classes}", "audio": audio, "rows": rows})
+        rank = "" if head_rank is None else f", head rank {head_rank}"
+        name = model_dir or f"random {preset}, C={classes}{rank}"
+        write_json(json_path, {"model": name, "audio": audio, "rows": rows})
     return rows

@@ -424,6 +424,7 @@ def bench(
     model: Path = typer.Option(None, help="daisy model directory (default: a random model of --preset)"),
     preset: str = typer.Option("tiny", help="without --model: tiny, base or large, random weights"),
     classes: int = typer.Option(100, help="without --model: head classes C"),
+    head_rank: int = typer.Option(None, help="without --model: low-rank heads of this rank (default: full Linear)"),
     audio: str = typer.Option("synthetic", help="'synthetic' (its test split) or a folder of audio"),
     depth: float = typer.Option(None, help="mean exit depth the entropy budget is calibrated to (default L / 2)"),
     utterances: int = typer.Option(32, help="held-out utterances timed per round"),
@@ -435,7 +436,8 @@ def bench(
     from daisy.bench import benchmark
 
     try:
-        benchmark(str(model) if model else None, preset, classes, audio, depth, utterances, repeats, json_path, threads)
+        path = str(model) if model else None
+        benchmark(path, preset, classes, audio, depth, utterances, repeats, json_path, threads, head_rank)
     except (OSError, ValueError) as e:
         fail(str(e))
 

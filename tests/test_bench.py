@@ -17,6 +17,7 @@ from daisy.bench import (
     timed_inside,
 )
 from daisy.heads import ExitHeads
+from daisy.model import EarlyExitHubert
 
 
 def test_settings_take_turns_and_only_second_calls_are_timed():
@@ -43,9 +44,11 @@ def test_quartiles_of_ratios_show_the_spread_over_rounds():
     assert cell({"overhead": 0.046, "overhead_quartiles": [0.039, 0.052]}) == "+4.6 % (+3.9 % to +5.2 %)"
 
 
-@pytest.mark.parametrize("head_input", ["ffn", "output"])
-def test_random_heads_get_the_logit_spread_of_trained_ones(head_input):
+@pytest.mark.parametrize("head_input, head_rank", [("ffn", None), ("output", None), ("ffn", 4)])
+def test_random_heads_get_the_logit_spread_of_trained_ones(head_input, head_rank):
     model = random_early_exit(head_input=head_input)
+    if head_rank is not None:
+        model = EarlyExitHubert.from_backbone(model.backbone, 12, head_rank=head_rank)
     wav = (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
     spread_like_trained(model, wav)
     with torch.no_grad():
