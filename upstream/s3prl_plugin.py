@@ -12,8 +12,8 @@ utterance's exit state in every deeper layer.
 Policy options (a YAML or JSON `model_config` file, the runner's `-g`, or keyword arguments, e.g.
 s3prl's `extra_conf`; keywords win over the file, the file over the checkpoint's own `daisy.json`):
 `policy` names a policy (entropy, confidence, budget, fixed); every other key is a field of it
-(`threshold`, `min_layer`, `layer`). Without `policy`, the fields change the checkpoint's own policy.
-"""
+(`threshold`, `min_layer`, `layer`). Without `policy`, the fields change the checkpoint's own policy
+(see `daisy.policies.override`)."""
 
 from __future__ import annotations
 
