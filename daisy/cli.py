@@ -325,11 +325,11 @@ def noise_sweep_cmd(
         utts = utterances(audio, "test" if audio == "synthetic" else None, quick)[:limit]
         wavs = load_all(utts, early.backbone.min_samples)
         pool = load_all(utterances(audio, "train", quick)[:64]) if audio == "synthetic" else wavs
-        if "babble" in kinds and len(pool) < 4:
-            raise ValueError(f"babble mixes 4 other utterances; {audio} gives {len(pool)} (raise --limit or drop it)")
         train_utts = utterances(audio, "train", quick)[:asr_train] if asr else []
         if asr and (not train_utts or not all(u.text for u in train_utts + utts)):
             raise ValueError(f"{audio}: --asr needs transcribed train and test splits (synthetic, or manifest.jsonl)")
+        if "babble" in kinds and len(pool) < 4:
+            raise ValueError(f"babble mixes 4 other utterances; {audio} gives {len(pool)} (raise --limit or drop it)")
         train_wavs = load_all(train_utts, early.backbone.min_samples)
     except (OSError, ValueError) as e:
         fail(str(e))
