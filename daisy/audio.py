@@ -43,7 +43,11 @@ def load(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_samples: i
     if rate != sample_rate:
         wav = soxr.resample(wav, rate, sample_rate, quality="HQ").astype(np.float32)
     if len(wav) < min_samples:
-        raise AudioError(f"{path}: too short ({len(wav)} samples at {sample_rate} Hz, at least {min_samples} needed)")
+        ms = 1000 / sample_rate
+        raise AudioError(
+            f"{path}: too short ({len(wav)} samples at {sample_rate} Hz = {len(wav) * ms:.0f} ms; "
+            f"at least {min_samples} = {min_samples * ms:.0f} ms needed)"
+        )
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 

@@ -49,7 +49,10 @@ def test_other_rates_are_resampled_to_16k(tmp_path):
             lambda p: sf.write(p, np.array([0.0, np.nan] * 300, dtype=np.float32), 16000, subtype="FLOAT"),
             "contains NaN",
         ),
-        (lambda p: sf.write(p, np.zeros(100, dtype=np.float32), 16000), "too short \\(100 samples"),
+        (
+            lambda p: sf.write(p, np.zeros(100, dtype=np.float32), 16000),
+            "too short \\(100 samples at 16000 Hz = 6 ms; at least 400 = 25 ms needed\\)",
+        ),
     ],
 )
 def test_bad_files_are_named_with_the_problem(tmp_path, make, message):

@@ -71,5 +71,9 @@ def test_foreign_pickles_and_missing_paths_are_named(tmp_path):
         HubertBackbone.from_pretrained(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="nowhere: no such checkpoint"):
         HubertBackbone.from_pretrained(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config.json\)$"):
+        HubertBackbone.from_pretrained(tmp_path)
+    (tmp_path / "model").mkdir()  # a pretraining run folder: its model is one level down
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"no config.json\); did you mean .*model\?"):
         HubertBackbone.from_pretrained(tmp_path)

@@ -35,7 +35,8 @@ def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
+            hint = f"; did you mean {path / 'model'}?" if (path / "model" / "config.json").is_file() else ""
+            raise FileNotFoundError(f"{path}: not a model directory (no config.json){hint}")
         config = HubertConfig.from_pretrained(path)
         if config.model_type != "hubert":
             raise ValueError(f"{path}/config.json describes a {config.model_type!r} model, not a HuBERT")
