@@ -55,7 +55,7 @@ def _override_policy(early, policy: str | None, threshold: float | None, layer: 
             fail(f"--policy {policy} needs --threshold")
         options = {"policy": policy, "threshold": threshold}
     elif threshold is not None:
-        if early.policy.name not in ("entropy", "budget", "confidence"):
+        if not hasattr(early.policy, "threshold"):
             fail(f"--threshold needs --policy: this model's policy ({early.policy.name}) has no threshold")
         options = {"threshold": threshold}  # the model's own policy, with this threshold
     else:
@@ -354,8 +354,7 @@ def noise_sweep_cmd(
     if asr:
         sq.write_quality(quality, out_dir)
         out.print(sq.markdown_table(quality), highlight=False)
-    trend = ns.monotone(summary)
-    verdict = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in trend.items()) or "n/a (one condition per noise)"
+    verdict = ns.monotone_text(ns.monotone(summary)) or "n/a (one condition per noise)"
     out.print(f"exit depth rises as SNR falls: {verdict}; results in {out_dir}", highlight=False)
 
 

@@ -99,6 +99,8 @@ def probe_table(fig: dict) -> list[str]:
 
 
 def write_card(path: Path, card: dict, sweep_table: str) -> None:
+    from daisy import noise_sweep as ns
+
     pre, fig = card["pretraining"], card["figures"]
     t = fig["teacher"]
     lines = [
@@ -153,8 +155,7 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         "## Adaptivity: mean exit depth per noise type and SNR (test split)",
         "",
         sweep_table,
-        "Exit depth rises monotonically as SNR falls: "
-        + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in fig["adaptivity"]["monotone"].items()),
+        "Exit depth rises monotonically as SNR falls: " + ns.monotone_text(fig["adaptivity"]["monotone"]),
         "",
         "## Limitations",
         "",

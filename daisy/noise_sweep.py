@@ -239,6 +239,11 @@ def write_results(
     plot(summary, model.num_layers, out)
 
 
+def monotone_text(verdict: dict[str, bool]) -> str:
+    """`monotone`'s verdict as 'babble: no, white: yes'."""
+    return ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in verdict.items())
+
+
 def monotone(summary: list[dict]) -> dict[str, bool]:
     """Per noise type with two or more conditions (clean counts): does mean exit depth rise (weakly) as SNR
     falls, clean first?"""

@@ -112,9 +112,12 @@ def _settings(model: EarlyExitHubert, config: HeadTrainConfig) -> dict:
 def check_resume(out: str | Path, model: EarlyExitHubert, config: HeadTrainConfig) -> None:
     """A checkpoint under `out` resumes only with the settings it was trained with: refuse others."""
     ckpt_file = Path(out) / "heads_checkpoint.pt"
-    if not ckpt_file.is_file():
-        return
-    saved = torch.load(ckpt_file, weights_only=False).get("settings")
+    if ckpt_file.is_file():
+        _refuse_other_settings(ckpt_file, torch.load(ckpt_file, weights_only=False), model, config)
+
+
+def _refuse_other_settings(ckpt_file: Path, ckpt: dict, model: EarlyExitHubert, config: HeadTrainConfig) -> None:
+    saved = ckpt.get("settings")
     if saved is None:  # written before settings were recorded
         return
     saved, now = (json.loads(json.dumps(x)) for x in (saved, _settings(model, config)))  # tuples vs lists
@@ -150,9 +153,9 @@ def train_heads(
     optim = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=config.steps)
     ckpt_file, start, log = out / "heads_checkpoint.pt", 0, []
-    check_resume(out, model, config)
     if ckpt_file.is_file():
         ckpt = torch.load(ckpt_file, weights_only=False)
+        _refuse_other_settings(ckpt_file, ckpt, model, config)
         heads.load_state_dict(ckpt["heads"])
         optim.load_state_dict(ckpt["optim"])
         sched.load_state_dict(ckpt["sched"])
