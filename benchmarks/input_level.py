@@ -14,12 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-
-def rms_dbfs(wav: np.ndarray) -> float:
-    return float(10 * np.log10(np.mean(np.square(wav, dtype=np.float64)) + 1e-20))
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,25 +27,13 @@ def main() -> None:
     from daisy.data.sources import load_all, utterances
     from daisy.demo import shipped_model
     from daisy.io import write_json
+    from daisy.levels import exits_at_gains
     from daisy.model import EarlyExitHubert
-    from daisy.pipeline import trace_scores
 
     model = EarlyExitHubert.from_pretrained(args.model or shipped_model())
     utts = utterances(args.audio, "test" if args.audio == "synthetic" else None)[: args.utterances]
     wavs = load_all(utts, model.backbone.min_samples)
-    rows = []
-    for gain in (float(g) for g in args.gains.split(",")):
-        scaled = [w * np.float32(10 ** (gain / 20)) for w in wavs]
-        exits = model.policy.exit_layers(trace_scores(model, scaled)).float()
-        rows.append(
-            {
-                "gain_db": gain,
-                "rms_dbfs": round(float(np.mean([rms_dbfs(w) for w in scaled])), 1),
-                "mean_exit": round(exits.mean().item(), 2),
-                "share_layer_1": round((exits == 1).float().mean().item(), 3),
-                "share_last_layer": round((exits == model.num_layers).float().mean().item(), 3),
-            }
-        )
+    rows = exits_at_gains(model, wavs, args.gains.split(","))
     print(f"{len(wavs)} utterances, policy {model.policy.to_dict()}")
     print("| gain (dB) | mean RMS (dBFS) | mean exit | exit at layer 1 | exit at the last layer |")
     print("|---:|---:|---:|---:|---:|")

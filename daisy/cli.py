@@ -93,7 +93,8 @@ def info(model: Path = typer.Argument(..., help="HuBERT checkpoint: model direct
     lines = [
         f"{model}: {backbone.num_layers} layers x {backbone.hidden_size}, "
         f"{'pre' if c.do_stable_layer_norm else 'post'}-norm, conv front-end norm: {c.feat_extract_norm}, "
-        f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters"
+        f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters, input: "
+        + ("normalised per utterance" if c.normalize_waveform else "raw waveform (its level matters)")
     ]
     if early is not None:
         config = early.config
@@ -127,6 +128,9 @@ def pretrain(
     steps: int = typer.Option(None, help="total optimiser steps (default: the config's)"),
     config_json: Path = typer.Option(None, "--config", help="JSON file of PretrainConfig fields"),
     noise_prob: float = typer.Option(None, help="denoising pretraining: share of inputs with noise mixed in"),
+    normalize: bool = typer.Option(
+        None, help="scale each input to zero mean, unit variance (fairseq's normalize): no level sensitivity"
+    ),
     time_limit: float = typer.Option(None, help="stop (with a checkpoint) after this many minutes; rerun resumes"),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
     labels_from: Path = typer.Option(
@@ -147,6 +151,8 @@ def pretrain(
         config.steps = steps
     if noise_prob is not None:
         config.noise_prob = noise_prob
+    if normalize is not None:
+        config.normalize = normalize
     if label_layer is not None and labels_from is None and config.label_model is None:
         fail("--label-layer needs --labels-from (the model whose layer states become the labels)")
     if labels_from is not None:

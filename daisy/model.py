@@ -257,7 +257,8 @@ class EarlyExitHubert(nn.Module):
 
     # -- persistence --------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
-        """One directory: config.json + model.safetensors (transformers HubertModel), heads.safetensors,
+        """One directory: config.json + model.safetensors + preprocessor_config.json (transformers HubertModel
+        and feature extractor), heads.safetensors,
         teacher_head.safetensors / kmeans.safetensors when present, daisy.json (recording the current
         `self.policy`). Written atomically;
         `dtype=torch.float16` halves the size (loading always computes in float32)."""
@@ -267,7 +268,7 @@ class EarlyExitHubert(nn.Module):
             return {k: v.to(dtype).contiguous() for k, v in module.state_dict().items()}
 
         with atomic_dir(path) as tmp:
-            self.backbone.model.save_pretrained(tmp, state_dict=cast(self.backbone.model))
+            self.backbone.save_pretrained(tmp, state_dict=cast(self.backbone.model))
             save_file(cast(self.heads), str(tmp / "heads.safetensors"))
             if self.teacher is not None:
                 save_file(

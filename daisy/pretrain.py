@@ -37,7 +37,8 @@ from daisy.features import mfcc
 from daisy.io import atomic_dir, atomic_path, write_json
 from daisy.progress import progress
 from daisy.targets import KMeansTargets, TeacherHead, source_backbone
-from daisy.upstream import preset_config
+from daisy.upstream import normalize_each, preset_config
+from daisy.upstream.checkpoints import save_hubert
 
 HOP, WINDOW = 320, 400
 # Default K. HuBERT Base: 100 on MFCC, then 500 on layer states (960 h of speech). Layer states of our tiny
@@ -71,6 +72,9 @@ class PretrainConfig:
     pred_nomask_weight: float = 0.0
     noise_prob: float = 0.0
     snr_range: tuple[float, float] = (-5.0, 20.0)
+    # fairseq's task.normalize (HuBERT Large): each input scaled to zero mean, unit variance, so the model
+    # never sees the recording level. Exported into config.json; the backbone then does the same at inference.
+    normalize: bool = False
     checkpoint_every: int = 500
     seed: int = 0
 
@@ -130,6 +134,7 @@ class MaskedPredictionModel(nn.Module):
     def __init__(self, config: PretrainConfig, num_classes: int):
         super().__init__()
         hf_config = preset_config(config.preset, **config.overrides)
+        hf_config.normalize_waveform = config.normalize
         self.hubert = HubertModel(hf_config)
         self.head = TeacherHead(hf_config.hidden_size, hf_config.classifier_proj_size, num_classes, config.temperature)
         mult = config.feature_grad_mult
@@ -138,6 +143,8 @@ class MaskedPredictionModel(nn.Module):
 
     def forward(self, wavs, lengths, labels, mask, nomask_weight: float = 0.0):
         """Loss on masked frames (+ `nomask_weight` x loss on unmasked ones) and masked accuracy."""
+        if self.hubert.config.normalize_waveform:
+            wavs = normalize_each(wavs, lengths)
         attention = (torch.arange(wavs.shape[1], device=wavs.device)[None] < lengths[:, None]).long()
         hidden = self.hubert(wavs, attention_mask=attention, mask_time_indices=mask).last_hidden_state
         valid = labels >= 0
@@ -185,10 +192,31 @@ def utterance_labels(km: KMeansTargets, wavs: list[np.ndarray], batch_size: int 
     return labels
 
 
+# Fields that shape the model or its input: a resumed run that changed them would train another model.
+MODEL_FIELDS = ("preset", "overrides", "normalize")
+
+
 def check_resume(out: str | Path, config: PretrainConfig) -> None:
-    """Where `out` already holds labels, refuse a (resolved) config that asks for other ones."""
-    if (Path(out) / "labels.npz").is_file():
-        _check_stored_labels(KMeansTargets.load(Path(out) / "kmeans.safetensors"), config, Path(out))
+    """Where `out` already holds labels or a checkpoint, refuse a (resolved) config that asks for other
+    labels, or for another model or input than the checkpoint's (`MODEL_FIELDS`)."""
+    out = Path(out)
+    if (out / "labels.npz").is_file():
+        _check_stored_labels(KMeansTargets.load(out / "kmeans.safetensors"), config, out)
+    if (out / "checkpoint.pt").is_file():
+        stored = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]
+        defaults, asked = asdict(PretrainConfig()), asdict(config)
+        differ = [f for f in MODEL_FIELDS if _plain(stored.get(f, defaults[f])) != _plain(asked[f])]
+        if differ:
+            raise ValueError(
+                f"{out}/checkpoint.pt was trained with other {', '.join(differ)} ("
+                + "; ".join(f"{f}: stored {stored.get(f, defaults[f])!r}, asked {asked[f]!r}" for f in differ)
+                + "): use another --out"
+            )
+
+
+def _plain(value):
+    """Tuples and lists alike (a JSON config gives lists where the dataclass holds tuples)."""
+    return json.loads(json.dumps(value))
 
 
 def _check_stored_labels(km: KMeansTargets, config: PretrainConfig, out: Path) -> None:
@@ -343,7 +371,7 @@ def export(
 ) -> None:
     """A model directory: transformers HubertModel + teacher head + k-means codebook + provenance."""
     with atomic_dir(path) as tmp:
-        model.hubert.save_pretrained(tmp, state_dict={k: v.to(dtype) for k, v in model.hubert.state_dict().items()})
+        save_hubert(model.hubert, tmp, {k: v.to(dtype) for k, v in model.hubert.state_dict().items()})
         head = {k: v.to(dtype).contiguous() for k, v in model.head.state_dict().items()}
         save_file(head, str(tmp / "teacher_head.safetensors"), metadata={"temperature": str(config.temperature)})
         km.save(tmp / "kmeans.safetensors")

@@ -21,7 +21,7 @@ from daisy.features import mfcc
 from daisy.model import load_teacher
 from daisy.pipeline import batches
 from daisy.targets import KMeansTargets
-from daisy.upstream import HubertBackbone
+from daisy.upstream import HubertBackbone, normalize_each
 
 
 @torch.no_grad()
@@ -44,6 +44,8 @@ def masked_prediction(model_dir: str | Path, wavs: list[np.ndarray], seed: int =
         valid = torch.arange(labels.shape[1])[None] < frames[:, None]
         labels = labels.masked_fill(~valid, -1)
         attention = (torch.arange(padded.shape[1])[None] < lengths[:, None]).long()
+        if backbone.config.normalize_waveform:  # the model's input as in pretraining; labels stay on the raw audio
+            padded = normalize_each(padded, lengths)
         np.random.seed(int(rng.integers(2**31)))  # noqa: NPY002 - transformers' masking uses numpy's global RNG
         mask = torch.from_numpy(_compute_mask_indices(tuple(labels.shape), 0.8, 10, valid.long(), 2)) & valid
         hidden = hubert(padded, attention_mask=attention, mask_time_indices=mask).last_hidden_state

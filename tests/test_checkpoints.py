@@ -77,3 +77,33 @@ def test_foreign_pickles_and_missing_paths_are_named(tmp_path):
     (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"no config.json\); did you mean .*model\?"):
         HubertBackbone.from_pretrained(tmp_path)
+
+
+def test_a_transformers_feature_extractor_that_normalises_is_honoured(tmp_path):
+    from transformers import HubertModel, Wav2Vec2FeatureExtractor
+
+    from daisy.upstream import preset_config
+
+    torch.manual_seed(0)
+    reference = HubertModel(preset_config("tiny", num_hidden_layers=2)).eval()
+    reference.save_pretrained(tmp_path / "hf")  # as on the hub: config.json without daisy's normalize_waveform
+    wav = 0.05 * torch.randn(8000) + 0.01
+    assert not HubertBackbone.from_pretrained(tmp_path / "hf").config.normalize_waveform
+    extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    extractor.save_pretrained(tmp_path / "hf")
+    backbone = HubertBackbone.from_pretrained(tmp_path / "hf")
+    assert backbone.config.normalize_waveform
+    inputs = extractor(wav.numpy(), sampling_rate=16000, return_tensors="pt").input_values
+    with torch.no_grad():  # ours equals transformers' own pipeline: feature extractor, then the model
+        expected = reference(inputs, output_hidden_states=True).hidden_states
+        for ours, theirs in zip(backbone.hidden_states(wav[None]), expected):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+    backbone.save_pretrained(tmp_path / "ours")  # and writes its own setting for transformers' pipeline
+    assert Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / "ours").do_normalize
+    assert HubertBackbone.from_pretrained(tmp_path / "ours").config.normalize_waveform
+    config = (tmp_path / "hf" / "config.json").read_text()
+    (tmp_path / "hf" / "preprocessor_config.json").write_text("{not json")
+    assert "normalize_waveform" not in config
+    with pytest.raises(ValueError, match="preprocessor_config.json: not a feature extractor config"):
+        HubertBackbone.from_pretrained(tmp_path / "hf")

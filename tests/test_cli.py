@@ -1,6 +1,7 @@
 """The daisy command line: outputs, JSON, one-line errors naming the file, exit codes."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from conftest import random_early_exit
 from daisy import audio
 from daisy.cli import app
 from daisy.model import EarlyExitHubert
+from daisy.pretrain import PretrainConfig
 from daisy.targets import KMeansTargets
 
 runner = CliRunner()
@@ -53,12 +55,18 @@ def test_info_prints_the_geometry_and_for_a_daisy_model_its_heads_and_policy(mod
     result = runner.invoke(app, ["info", str(model_dir)])
     assert result.exit_code == 0, result.output
     geometry, heads, policy = result.output.strip().splitlines()
-    assert ": 3 layers x 16, post-norm" in geometry
+    assert ": 3 layers x 16, post-norm" in geometry and geometry.endswith("input: raw waveform (its level matters)")
     assert heads == "exit heads: 12 classes on each layer's feed-forward output, trained on the model's own prediction"
     assert json.loads(policy.removeprefix("policy: ")) == random_early_exit().policy.to_dict()
     random_early_exit().backbone.save_pretrained(tmp_path / "plain")  # a transformers HubertModel: no heads
     result = runner.invoke(app, ["info", str(tmp_path / "plain")])
     assert result.exit_code == 0 and len(result.output.strip().splitlines()) == 1
+    backbone = random_early_exit().backbone
+    backbone.config.normalize_waveform = True
+    backbone.save_pretrained(tmp_path / "normalised")
+    assert (
+        runner.invoke(app, ["info", str(tmp_path / "normalised")]).output.strip().endswith("normalised per utterance")
+    )
     result = runner.invoke(app, ["info", str(tmp_path / "nothing")])
     assert result.exit_code != 0 and "nothing" in result.output
     EarlyExitHubert.from_backbone(random_early_exit().backbone, 12, head_rank=4).save_pretrained(tmp_path / "r")
@@ -139,6 +147,13 @@ def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):
     np.savez(tmp_path / "run" / "labels.npz", u0=np.zeros(3, np.int16))
     result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "holds labels of layer 2 states" in result.output
+    # ... and its model: a checkpoint trained on normalised input is not resumed on raw input
+    (tmp_path / "norm").mkdir()
+    torch.save({"config": asdict(PretrainConfig(normalize=True))}, tmp_path / "norm" / "checkpoint.pt")
+    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "norm")])
+    assert (
+        result.exit_code == 1 and "trained with other normalize (normalize: stored True, asked False)" in result.output
+    )
 
 
 def test_bench_times_a_model_on_a_folder_and_writes_consistent_ratios(model_dir, wavs, tmp_path):

@@ -89,4 +89,4 @@ def test_converted_checkpoint_keeps_pretraining_head_and_normalisation(tmp_path)
     with torch.no_grad():
         ours = backbone.hidden_states(wav * 7.0, lengths)[-1]
         theirs = reference.extract_features(torch.nn.functional.layer_norm(wav * 7.0, wav.shape))[0]
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=3e-5, rtol=0)  # epsilons differ: 1e-10 (normalize_each), 1e-5

@@ -12,7 +12,7 @@ import torch
 from daisy.data.corpus import load_manifest
 from daisy.model import EarlyExitHubert
 from daisy.pipeline import prepare_model
-from daisy.pretrain import PretrainConfig, frames_for, pretrain
+from daisy.pretrain import MaskedPredictionModel, PretrainConfig, _batch, check_resume, frames_for, pretrain
 from daisy.targets import KMeansTargets
 from daisy.teacher_report import masked_prediction
 from daisy.train_heads import HeadTrainConfig, train_heads
@@ -41,8 +41,32 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path, quick_corpus):
     assert (
         {p.name for p in straight.iterdir()}
         == {p.name for p in resumed.iterdir()}
-        == {"config.json", "model.safetensors", "teacher_head.safetensors", "kmeans.safetensors", "pretrain.json"}
+        == {"config.json", "model.safetensors", "preprocessor_config.json", "teacher_head.safetensors"}
+        | {"kmeans.safetensors", "pretrain.json"}
     )
+
+
+def test_normalized_pretraining_gives_a_model_blind_to_the_level(tmp_path, quick_corpus):
+    utts = load_manifest(quick_corpus, "train")[:30]
+    wavs = [u.load() for u in utts]
+    labels = [np.zeros(frames_for(len(w)), dtype=np.int64) for w in wavs]
+    for normalize in (False, True):  # the training forward sees the level only without normalize
+        config = small_config(normalize=normalize)
+        torch.manual_seed(0)
+        model = MaskedPredictionModel(config, 12).eval()
+        batch, lengths, labels_t, mask = _batch(0, 0, wavs, labels, config, [])
+        losses = [model(batch * gain, lengths, labels_t, mask, 0.5)[0].item() for gain in (1.0, 0.03)]
+        assert (losses[0] == pytest.approx(losses[1], abs=1e-4)) == normalize, (normalize, losses)
+
+    model_dir = pretrain(utts, tmp_path / "run", small_config(normalize=True))
+    assert json.loads((model_dir / "config.json").read_text())["normalize_waveform"] is True
+    backbone = prepare_model(model_dir).backbone  # inference normalises the same way (gains of 2^k: exact)
+    wav = torch.from_numpy(wavs[0])[None]
+    for quiet, loud in zip(backbone.hidden_states(wav / 32), backbone.hidden_states(wav * 4)):
+        torch.testing.assert_close(quiet, loud, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"checkpoint.pt was trained with other normalize .*stored True, asked False"):
+        check_resume(tmp_path / "run", small_config().resolved())
+    check_resume(tmp_path / "run", small_config(normalize=True, steps=12).resolved())  # more steps: a resume
 
 
 def test_iteration_two_labels_come_from_a_layer_of_iteration_one(tmp_path, quick_corpus):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import HubertConfig, HubertModel
 
+from daisy.upstream.checkpoints import load_backbone_model, save_hubert
 from daisy.upstream.presets import preset_config
 
 MIN_SAMPLES = 400  # receptive field of one frame of the standard conv front-end
@@ -96,14 +97,13 @@ class HubertBackbone(nn.Module):
     def from_pretrained(cls, path: str | Path) -> HubertBackbone:
         """Load a transformers `save_pretrained` directory (daisy model directories are one too) or an
         s3prl-converted fairseq HuBERT checkpoint file."""
-        from daisy.upstream.checkpoints import load_backbone_model
-
         model, normalize = load_backbone_model(path)
         return cls(model.eval(), normalize_waveform=normalize)
 
-    def save_pretrained(self, path: str | Path, **kwargs) -> None:
-        """Write transformers' format (`config.json` + `model.safetensors`), loadable by `HubertModel`."""
-        self.model.save_pretrained(path, **kwargs)
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        """Write transformers' format (`config.json` + `model.safetensors`, loadable by `HubertModel`) and its
+        feature extractor config (`preprocessor_config.json`: whether input is normalised)."""
+        save_hubert(self.model, path, state_dict)
 
     # -- geometry ---------------------------------------------------------------------------------
     @property
@@ -128,7 +128,7 @@ class HubertBackbone(nn.Module):
         lengths = check_batch(wavs, lengths, self.min_samples)
         wavs = wavs.to(self.model.feature_projection.projection.weight.dtype)  # float64 from soundfile, fp16, ...
         if self.config.normalize_waveform:
-            wavs = _normalize_each(wavs, lengths)
+            wavs = normalize_each(wavs, lengths)
         model = self.model
         features = model.feature_extractor(wavs).transpose(1, 2)
         frames = self.frame_lengths(lengths)
@@ -205,9 +205,11 @@ class HubertBackbone(nn.Module):
         return self.hidden_states(wavs, lengths)
 
 
-def _normalize_each(wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over each utterance's valid samples (fairseq's `normalize: true`)."""
+def normalize_each(wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over each utterance's valid samples (fairseq's `normalize: true`). The epsilon
+    is far below layer_norm's 1e-5, which would leave quiet input (below about -40 dBFS) short of unit
+    variance and so its level visible to the model; 1e-10 keeps that floor near -100 dBFS."""
     out = torch.zeros_like(wavs)
     for b, n in enumerate(lengths.tolist()):
-        out[b, :n] = torch.nn.functional.layer_norm(wavs[b, :n], (n,))
+        out[b, :n] = torch.nn.functional.layer_norm(wavs[b, :n], (n,), eps=1e-10)
     return out

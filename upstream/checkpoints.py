@@ -10,13 +10,16 @@
 from __future__ import annotations
 
 import ast
+import json
 import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HubertConfig, HubertModel
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+PREPROCESSOR_FILE = "preprocessor_config.json"  # transformers' feature extractor settings
 
 
 @dataclass
@@ -45,7 +48,7 @@ def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
             model = HubertModel.from_pretrained(path).float()
         except Exception as e:  # no weights file, a corrupt one (safetensors' own error type), wrong shapes
             raise ValueError(f"{path}: cannot load the HuBERT weights ({e})") from e
-        return model.eval(), bool(getattr(config, "normalize_waveform", False))
+        return model.eval(), _normalizes(path, config)
     if path.is_file():
         converted = read_s3prl_checkpoint(path)
         model = HubertModel(converted.config)
@@ -58,6 +61,33 @@ def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
             )
         return model.eval(), converted.normalize_waveform
     raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+
+
+def _normalizes(path: Path, config: HubertConfig) -> bool:
+    """Whether `path`'s model takes each utterance at zero mean, unit variance: config.json's
+    normalize_waveform (written by daisy), else its feature extractor's do_normalize (as transformers'
+    own pipeline would apply it), else not."""
+    if hasattr(config, "normalize_waveform"):
+        return bool(config.normalize_waveform)
+    if not (path / PREPROCESSOR_FILE).is_file():
+        return False
+    try:
+        return bool(json.loads((path / PREPROCESSOR_FILE).read_text()).get("do_normalize", False))
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path / PREPROCESSOR_FILE}: not a feature extractor config ({e})") from e
+
+
+def save_hubert(model: HubertModel, path: str | Path, state_dict: dict | None = None) -> None:
+    """transformers' format (config.json + model.safetensors) and a feature extractor config, so that
+    users of transformers' own pipeline normalise the input (or not) as this model expects."""
+    model.save_pretrained(path, state_dict=state_dict)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=bool(getattr(model.config, "normalize_waveform", False)),
+        return_attention_mask=model.config.feat_extract_norm == "layer",  # transformers' convention
+    ).save_pretrained(path)
 
 
 def _torch_load(path: Path) -> dict:

@@ -1,0 +1,37 @@
+"""How the recording level moves exits: the same utterances scaled by a range of gains.
+
+DAISY reads how sure the model is of its own answer, so a level the model never saw in pretraining can
+look like noise to it. A model pretrained with `normalize` (zero mean, unit variance per input) does not
+see the level at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daisy.model import EarlyExitHubert
+from daisy.pipeline import trace_scores
+
+
+def rms_dbfs(wav: np.ndarray) -> float:
+    """RMS level in dB relative to a full-scale (1.0) constant."""
+    return float(10 * np.log10(np.mean(np.square(wav, dtype=np.float64)) + 1e-20))
+
+
+def exits_at_gains(model: EarlyExitHubert, wavs: list[np.ndarray], gains_db) -> list[dict]:
+    """Per gain: the inputs' mean RMS level, the mean exit layer under the model's own policy and the shares
+    exiting at layer 1 and at the last layer. Inputs are scaled without clipping (the model takes any float)."""
+    rows = []
+    for gain in (float(g) for g in gains_db):
+        scaled = [w * np.float32(10 ** (gain / 20)) for w in wavs]
+        exits = model.policy.exit_layers(trace_scores(model, scaled)).float()
+        rows.append(
+            {
+                "gain_db": gain,
+                "rms_dbfs": round(float(np.mean([rms_dbfs(w) for w in scaled])), 1),
+                "mean_exit": round(exits.mean().item(), 2),
+                "share_layer_1": round((exits == 1).float().mean().item(), 3),
+                "share_last_layer": round((exits == model.num_layers).float().mean().item(), 3),
+            }
+        )
+    return rows
