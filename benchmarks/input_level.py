@@ -27,7 +27,7 @@ def main() -> None:
     from daisy.data.sources import load_all, utterances
     from daisy.demo import shipped_model
     from daisy.io import write_json
-    from daisy.levels import exits_at_gains
+    from daisy.levels import exits_at_gains, markdown_table
     from daisy.model import EarlyExitHubert
 
     model = EarlyExitHubert.from_pretrained(args.model or shipped_model())
@@ -35,13 +35,7 @@ def main() -> None:
     wavs = load_all(utts, model.backbone.min_samples)
     rows = exits_at_gains(model, wavs, args.gains.split(","))
     print(f"{len(wavs)} utterances, policy {model.policy.to_dict()}")
-    print("| gain (dB) | mean RMS (dBFS) | mean exit | exit at layer 1 | exit at the last layer |")
-    print("|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['gain_db']:+g} | {r['rms_dbfs']:.1f} | {r['mean_exit']:.2f} | "
-            f"{r['share_layer_1']:.0%} | {r['share_last_layer']:.0%} |"
-        )
+    print("\n".join(markdown_table(rows)))
     if args.json:
         write_json(args.json, {"model": str(args.model or "shipped"), "utterances": len(wavs), "rows": rows})
 

@@ -35,3 +35,16 @@ def exits_at_gains(model: EarlyExitHubert, wavs: list[np.ndarray], gains_db) -> 
             }
         )
     return rows
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """The rows of `exits_at_gains` as markdown lines."""
+    return [
+        "| gain (dB) | mean RMS (dBFS) | mean exit | exit at layer 1 | exit at the last layer |",
+        "|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['gain_db']:+g} | {r['rms_dbfs']:.1f} | {r['mean_exit']:.2f} | {r['share_layer_1']:.0%} | "
+            f"{r['share_last_layer']:.0%} |"
+            for r in rows
+        ],
+    ]

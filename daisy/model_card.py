@@ -21,11 +21,14 @@ from daisy.io import atomic_path, write_json
 
 # utterances of the linear probes: speaker id (train; tested on the whole test split), characters (train, test)
 SPEAKER_PROBE_TRAIN, CHAR_PROBE_TRAIN, CHAR_PROBE_TEST = 800, 300, 100
+# gains (dB) applied to clean test speech to show whether exits depend on the recording level
+INPUT_GAINS_DB = (12.0, 0.0, -12.0)
 
 
 def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 100, depth_fraction: float = 0.6):
     from daisy import noise_sweep as ns
     from daisy.data.sources import load_all, utterances
+    from daisy.levels import exits_at_gains
     from daisy.model import EarlyExitHubert
     from daisy.pipeline import calibrate_model, prepare_model
     from daisy.pretrain import export_checkpoint
@@ -63,6 +66,7 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
     rows = ns.sweep(model, test[:sweep_utterances], ns.SweepConfig(), True, train[:64])
     summary = ns.summarize(rows, model)
     figures["adaptivity"] = {"summary": summary, "monotone": ns.monotone(summary)}
+    figures["input_level"] = exits_at_gains(model, test[:sweep_utterances], INPUT_GAINS_DB)
     figures["heads"] = head_log[-1]["layers"]
     pretrain_log = json.loads((run / "log.json").read_text())
     card = {
@@ -96,6 +100,15 @@ def probe_table(fig: dict) -> list[str]:
     for key, acc in speaker.items():
         rows.append(f"| {key} | {acc:.3f} | {f'{chars[key]:.3f}' if key in chars else '-'} |")
     return rows
+
+
+def level_section(rows: list[dict] | None) -> list[str]:
+    """Markdown: mean exit of the clean test speech scaled by each gain (none for cards made before it)."""
+    if not rows:
+        return []
+    from daisy.levels import markdown_table
+
+    return ["## Input level: the same clean test speech at other levels", "", *markdown_table(rows), ""]
 
 
 def write_card(path: Path, card: dict, sweep_table: str) -> None:
@@ -157,13 +170,23 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         sweep_table,
         "Exit depth rises monotonically as SNR falls: " + ns.monotone_text(fig["adaptivity"]["monotone"]),
         "",
+        *level_section(fig.get("input_level")),
         "## Limitations",
         "",
         "- Synthetic speech only (espeak-ng voices): real recordings are far from what it has heard.",
-        "- Input level: the corpus sits at about -20 dBFS RMS and pretraining added no gain changes, so the model is",
-        "  unsure of quieter speech as it is of noisy speech: 6 dB quieter, clean speech exits near the last",
-        "  layer. Bring audio to about -20 dBFS RMS before comparing exits (`python benchmarks/input_level.py`",
-        "  measures it; figures in docs/results.md).",
+        *(
+            [
+                "- Input: each utterance is scaled to zero mean, unit variance before the model (pretrained so),",
+                "  so its exits do not depend on the recording level.",
+            ]
+            if pre["config"].get("normalize")
+            else [
+                "- Input level: the corpus sits at about -20 dBFS RMS and pretraining added no gain changes, so the",
+                "  model is unsure of quieter speech as it is of noisy speech: 6 dB quieter, clean speech exits near",
+                "  the last layer. Bring audio to about -20 dBFS RMS before comparing exits",
+                "  (`python benchmarks/input_level.py` measures it; figures in docs/results.md).",
+            ]
+        ),
         "",
     ]
     with atomic_path(path, suffix=".md") as tmp:

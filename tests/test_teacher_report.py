@@ -51,3 +51,35 @@ def test_frame_layers_of_a_model_feed_the_probe_and_the_card(tmp_path):
     table = probe_table({"speaker_probe": per_feature([0.5] * len(cers)), "char_probe": per_feature(cers)})
     assert table[2].startswith("| mfcc | 0.500 |") and table[-1].startswith(f"| state_{model.num_layers} |")
     assert probe_table({"speaker_probe": {"mfcc": 0.5}})[-1] == "| mfcc | 0.500 | - |"  # cards made before
+
+
+def test_input_level_rows_and_the_card_say_whether_the_level_matters(tmp_path):
+    import json
+
+    from daisy.levels import exits_at_gains
+    from daisy.model_card import write_card
+    from daisy.pipeline import trace_scores
+    from daisy.policies import Entropy
+
+    rng = np.random.default_rng(0)
+    wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (4000, 6000, 9000)]
+    model = random_early_exit()
+    entropy = trace_scores(model, wavs)["entropy"]
+    model.policy = Entropy(threshold=float(entropy[:, 0].median()))  # some exit at layer 1, some later
+    raw = exits_at_gains(model, wavs, (20, 0, -20))
+    assert [r["rms_dbfs"] for r in raw] == [0.0, -20.0, -40.0]  # 0.1 RMS = -20 dBFS
+    model.backbone.config.normalize_waveform = True
+    normalised = exits_at_gains(model, wavs, (20, 0, -20))
+    assert len({r["mean_exit"] for r in normalised}) == 1
+    assert len({r["mean_exit"] for r in raw}) > 1  # this random model's exits do move with the level
+
+    card = json.loads(open("daisy/assets/hubert-tiny-synth/card.json").read())
+    write_card(tmp_path / "old.md", card, "")
+    old = (tmp_path / "old.md").read_text()
+    assert "Bring audio to about -20 dBFS RMS" in old and "## Input level" not in old
+    card["pretraining"]["config"]["normalize"] = True
+    card["figures"]["input_level"] = normalised
+    write_card(tmp_path / "new.md", card, "")
+    new = (tmp_path / "new.md").read_text()
+    assert "| -20 | -40.0 | " in new and "do not depend on the recording level" in new
+    assert "Bring audio" not in new
