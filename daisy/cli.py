@@ -386,8 +386,7 @@ def minisuperb(
 ):
     """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC."""
     from daisy.data.sources import load_all, utterances
-    from daisy.downstream.featurizer import MODES
-    from daisy.downstream.minisuperb import SIZES, MiniSuperbConfig, run
+    from daisy.downstream.minisuperb import MiniSuperbConfig, run
     from daisy.downstream.tasks import TASKS, corpus_tasks, parse_corpus_paths, synthetic_tasks
     from daisy.model import EarlyExitHubert
 
@@ -396,12 +395,10 @@ def minisuperb(
     except ValueError as e:
         fail(str(e))
     chosen = tuple(t.strip() for t in (tasks or ",".join(paths or TASKS)).split(",") if t.strip())
-    if not chosen or not set(chosen) <= set(TASKS):
-        fail(f"--tasks must be among {', '.join(TASKS)}, got {tasks!r}")
-    if size not in SIZES:
-        fail(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
-    if featurizer not in MODES:
-        fail(f"--featurizer must be one of {', '.join(MODES)}, got {featurizer!r}")
+    try:  # checked before any model or audio is read
+        config = MiniSuperbConfig(tasks=chosen, size=size, featurizer=featurizer)
+    except ValueError as e:
+        fail(f"--{e}")  # its fields are named as the options
     if paths is not None and not set(chosen) <= set(paths):
         fail(f"--tasks {','.join(chosen)}: --data gives no corpus for {', '.join(sorted(set(chosen) - set(paths)))}")
     source = None
@@ -416,7 +413,6 @@ def minisuperb(
             task_data, source, dev = corpora.data, corpora.source, corpora.dev
     except (OSError, ValueError) as e:
         fail(str(e))
-    config = MiniSuperbConfig(tasks=chosen, size=size, featurizer=featurizer)
     summary = run(early, task_data, dev, out_dir, config, source=source)
     from daisy.downstream.minisuperb import markdown
 

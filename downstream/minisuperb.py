@@ -24,7 +24,7 @@ import torch
 from daisy import policies
 from daisy.compute import compute_share
 from daisy.downstream import metrics
-from daisy.downstream.featurizer import WeightedSum
+from daisy.downstream.featurizer import MODES, WeightedSum
 from daisy.downstream.probes import CharVocab, CTCProbe, EnhancementProbe, SeparationProbe, SIDProbe
 from daisy.downstream.tasks import SYNTHETIC_SOURCES, TASKS, TaskData
 from daisy.features import mfcc
@@ -62,6 +62,18 @@ class MiniSuperbConfig:
     max_eval_signals: int = 60  # PESQ/STOI/SI-SDR on at most this many test utterances
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # messages start with the field's name, which is also the CLI option's
+        self.tasks = tuple(self.tasks)
+        if not self.tasks or not set(self.tasks) <= set(TASKS):
+            raise ValueError(f"tasks must be among {', '.join(TASKS)}, got {','.join(self.tasks)!r}")
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        if self.featurizer not in MODES:
+            raise ValueError(f"featurizer must be one of {', '.join(MODES)}, got {self.featurizer!r}")
+        if not all(0 < f <= 1 for f in self.budget_fractions):
+            raise ValueError(f"budget_fractions are shares of the layers, in (0, 1]; got {self.budget_fractions}")
 
 
 @dataclass

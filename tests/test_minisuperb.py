@@ -97,3 +97,16 @@ def test_feature_cache_is_reused_only_for_the_same_model_and_audio(tmp_path):
     assert shorter.key != first.key and shorter.states[0].shape[1] < first.states[0].shape[1]
     other = extract(random_early_exit(seed=1), [wavs[0][:4000], wavs[1]], cache)  # other model: again
     assert other.key != shorter.key and not torch.equal(other.states[1][1], shorter.states[1][1])
+
+
+def test_config_is_checked_when_made():
+    for fields, problem in [
+        ({"tasks": ()}, "tasks must be among asr, sid, se, ss, got ''"),
+        ({"tasks": ("asr", "mt")}, "got 'asr,mt'"),
+        ({"size": "huge"}, "size must be one of quick, cpu, paper"),
+        ({"featurizer": "bogus"}, "featurizer must be one of static, dynamic, per_depth"),
+        ({"budget_fractions": (0.5, 1.5)}, r"in \(0, 1\]; got \(0.5, 1.5\)"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            MiniSuperbConfig(**fields)
+    assert MiniSuperbConfig(tasks=["sid"]).tasks == ("sid",)
