@@ -107,3 +107,12 @@ def test_a_transformers_feature_extractor_that_normalises_is_honoured(tmp_path):
     assert "normalize_waveform" not in config
     with pytest.raises(ValueError, match="preprocessor_config.json: not a feature extractor config"):
         HubertBackbone.from_pretrained(tmp_path / "hf")
+
+
+def test_a_config_of_another_model_or_none_is_named(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "wav2vec2"}')
+    with pytest.raises(ValueError, match="config.json describes a 'wav2vec2' model, not a HuBERT"):
+        HubertBackbone.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="config.json: not a model config"):
+        HubertBackbone.from_pretrained(tmp_path)

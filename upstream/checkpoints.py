@@ -40,9 +40,13 @@ def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
         if not (path / "config.json").is_file():
             hint = f"; did you mean {path / 'model'}?" if (path / "model" / "config.json").is_file() else ""
             raise FileNotFoundError(f"{path}: not a model directory (no config.json){hint}")
+        try:  # the model type first: transformers would warn before our error
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"{path}/config.json: not a model config ({e})") from e
+        if model_type != "hubert":
+            raise ValueError(f"{path}/config.json describes a {model_type!r} model, not a HuBERT")
         config = HubertConfig.from_pretrained(path)
-        if config.model_type != "hubert":
-            raise ValueError(f"{path}/config.json describes a {config.model_type!r} model, not a HuBERT")
         # weights may be stored in half precision (the shipped model is); compute runs in float32
         try:
             model = HubertModel.from_pretrained(path).float()
