@@ -472,7 +472,9 @@ def s3prl(ctx: typer.Context):
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="output folder (model/, report/, ...)"),
     quick: bool = typer.Option(False, help="the small size used by tests (minutes)"),
-    pretrain: bool = typer.Option(False, help="pretrain HuBERT from scratch instead of using the shipped model"),
+    pretrain: bool = typer.Option(
+        False, help="pretrain HuBERT from scratch (the shipped model's recipe) instead of using the shipped model"
+    ),
     train_heads: bool = typer.Option(False, help="train DAISY heads even where the shipped model has them"),
     fresh: bool = typer.Option(False, help="rerun every stage, ignoring earlier outputs"),
 ):

@@ -92,11 +92,22 @@ def _base_model(out: Path, splits, config: DemoConfig) -> Path:
         console.print(f"[dim]= pretrained model: shipped {shipped}[/dim]")
         return shipped
     if shipped is None and not config.pretrain:
-        console.print("[yellow]no shipped model in this install: pretraining the quick size instead[/yellow]")
+        console.print("[yellow]no shipped model in this install: pretraining one here[/yellow]")
     target = out / "pretrain" / "model"
     if _stage("pretraining", target / "config.json", config.fresh):
-        pretrain(splits["train"], out / "pretrain", PretrainConfig.quick() if config.quick else PretrainConfig())
+        pretrain(splits["train"], out / "pretrain", PretrainConfig.quick() if config.quick else shipped_recipe())
     return target
+
+
+def shipped_recipe():
+    """The PretrainConfig the shipped model was made with (from its card), else HuBERT's defaults."""
+    from daisy.pretrain import PretrainConfig
+
+    card = None if shipped_model() is None else shipped_model() / "card.json"
+    if card is None or not card.is_file():
+        return PretrainConfig()
+    stored = json.loads(card.read_text())["pretraining"]["config"]
+    return PretrainConfig(**{k: v for k, v in stored.items() if k in PretrainConfig.__dataclass_fields__})
 
 
 def _heads(out: Path, base: Path, splits, config: DemoConfig):

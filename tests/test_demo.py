@@ -1,8 +1,9 @@
 """`daisy demo --quick` end to end: every stage runs, the report lands, a rerun reuses the outputs."""
 
 import json
+from pathlib import Path
 
-from daisy.demo import DemoConfig, run_demo
+from daisy.demo import DemoConfig, run_demo, shipped_recipe
 
 
 def test_quick_demo_writes_the_report_and_reruns_cheaply(tmp_path, monkeypatch):
@@ -30,3 +31,10 @@ def test_quick_demo_writes_the_report_and_reruns_cheaply(tmp_path, monkeypatch):
     assert (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns == model_time
     assert again["noise_sweep"]["summary"] == results["noise_sweep"]["summary"]
     assert again["asr_per_snr"] == results["asr_per_snr"]
+
+
+def test_pretraining_from_scratch_uses_the_shipped_models_recipe():
+    recipe = shipped_recipe()  # from the shipped card; the run folder of record says the same
+    run_config = json.loads(Path("pretraining/hubert-tiny-synth/config.json").read_text())
+    assert {k: getattr(recipe, k) for k in run_config} == run_config
+    assert recipe.pred_nomask_weight == 0.5 and recipe.noise_prob == 0.5  # not HuBERT's defaults
