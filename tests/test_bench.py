@@ -1,6 +1,6 @@
 """daisy.bench helpers: turn-taking timing, paired ratios and realistic random heads."""
 
-import time
+import types
 
 import numpy as np
 import pytest
@@ -60,15 +60,27 @@ def test_random_heads_get_the_logit_spread_of_trained_ones(head_input, head_rank
 
 
 def test_time_inside_the_heads_is_measured_and_the_model_left_as_it_was(monkeypatch):
+    """On a fake clock where each layer takes 1 and each head call 3, the share inside is exact."""
+    import daisy.bench
+
+    clock = [0.0]
+    monkeypatch.setattr(daisy.bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     model = random_early_exit()
     never, own = policies.Entropy(threshold=-1.0), model.policy
-    groups = [(torch.randn(2, 8000), torch.tensor([8000, 6000]))]
+    layer, scores = model.backbone.layer, ExitHeads.scores
+
+    def tick(fn, cost):
+        def ticked(*args, **kwargs):
+            clock[0] += cost
+            return fn(*args, **kwargs)
+
+        return ticked
+
+    monkeypatch.setattr(model.backbone, "layer", tick(layer, 1.0))
+    monkeypatch.setattr(ExitHeads, "scores", tick(scores, 3.0))
+    groups = [(torch.randn(2, 8000), torch.tensor([8000, 6000]))] * 2
     with torch.inference_mode():
-        plain = timed_inside(model, never, groups, repeats=2)
-        # heads made 30 ms slower per call: they now take nearly all the time
-        scores = ExitHeads.scores
-        monkeypatch.setattr(ExitHeads, "scores", lambda *a, **k: (time.sleep(0.03), scores(*a, **k))[1])
-        slow = timed_inside(model, never, groups, repeats=2)
-    assert len(plain) == 2 and all(0.0 < share < 0.5 for share in plain)
-    assert all(share > 0.8 for share in slow)
+        shares = timed_inside(model, never, groups, repeats=2)
+    heads = model.num_layers - 1  # no head runs after the last layer, where everyone exits
+    assert shares == [pytest.approx(3 * heads / (3 * heads + model.num_layers))] * 2
     assert "scores" not in vars(model.heads) and model.policy is own and "decide" not in vars(never)

@@ -162,6 +162,7 @@ def test_save_and_load_round_trip(tmp_path):
         "daisy.json",
         "heads.safetensors",
         "model.safetensors",
+        "preprocessor_config.json",
     ]
     wavs, lengths = varied_batch(3)
     with torch.no_grad():
