@@ -382,6 +382,9 @@ def minisuperb(
     train: int = typer.Option(600, help="training utterances per task"),
     test: int = typer.Option(150, help="test utterances per task"),
     featurizer: str = typer.Option("dynamic", help="static, dynamic (DAISY) or per_depth"),
+    seed: int = typer.Option(
+        0, help="seed of the probes' initialisation and batches (rerun with others: the spread)"
+    ),
     quick: bool = typer.Option(False, help="the quick corpus (tests)"),
 ):
     """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC."""
@@ -396,7 +399,7 @@ def minisuperb(
         fail(str(e))
     chosen = tuple(t.strip() for t in (tasks or ",".join(paths or TASKS)).split(",") if t.strip())
     try:  # checked before any model or audio is read
-        config = MiniSuperbConfig(tasks=chosen, size=size, featurizer=featurizer)
+        config = MiniSuperbConfig(tasks=chosen, size=size, featurizer=featurizer, seed=seed)
     except ValueError as e:
         fail(f"--{e}")  # its fields are named as the options
     if paths is not None and not set(chosen) <= set(paths):

@@ -248,6 +248,19 @@ def test_noise_sweep_checks_its_options_before_any_work(model_dir, wavs, tmp_pat
     assert [(r["noise"], r["snr"], r["utterances"]) for r in rows] == [("white", 10.0, 2)]  # repeats count once
 
 
+def test_minisuperb_seed_reaches_the_probes(model_dir, tmp_path, monkeypatch):
+    import daisy.downstream.minisuperb as minisuperb
+
+    seen = []
+    monkeypatch.setenv("DAISY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(minisuperb, "run", lambda *args, **kw: seen.append(args[4]) or {"results": {}, "scores": {}})
+    monkeypatch.setattr(minisuperb, "markdown", lambda results, scores: "")
+    args = ["minisuperb", "--model", str(model_dir), "--quick", "--tasks", "asr", "--train", "8", "--test", "4"]
+    result = runner.invoke(app, [*args, "--seed", "7", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert [(c.seed, c.tasks) for c in seen] == [(7, ("asr",))]
+
+
 def test_minisuperb_checks_each_option_by_name(model_dir, tmp_path):
     for options, problem in [
         (("--tasks", "asr,mt"), "--tasks must be among asr, sid, se, ss, got 'asr,mt'"),
