@@ -382,9 +382,7 @@ def minisuperb(
     train: int = typer.Option(600, help="training utterances per task"),
     test: int = typer.Option(150, help="test utterances per task"),
     featurizer: str = typer.Option("dynamic", help="static, dynamic (DAISY) or per_depth"),
-    seed: int = typer.Option(
-        0, help="seed of the probes' initialisation and batches (rerun with others: the spread)"
-    ),
+    seed: int = typer.Option(0, help="seed of the probes' initialisation and batches (rerun with others: the spread)"),
     quick: bool = typer.Option(False, help="the quick corpus (tests)"),
 ):
     """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC."""
