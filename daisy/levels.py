@@ -37,6 +37,23 @@ def exits_at_gains(model: EarlyExitHubert, wavs: list[np.ndarray], gains_db) -> 
     return rows
 
 
+def speaker_levels(wavs: list[np.ndarray], speakers: list[str]) -> dict:
+    """How much the recording level tells speakers apart: the spread (std, dB) of the speakers' mean RMS
+    levels against the mean spread within a speaker. A corpus where the first is much larger ties level
+    to speaker, so a model that sees the level can use it as a speaker cue."""
+    by_speaker: dict[str, list[float]] = {}
+    for wav, speaker in zip(wavs, speakers, strict=True):
+        by_speaker.setdefault(speaker, []).append(rms_dbfs(wav))
+    means = np.array([np.mean(v) for v in by_speaker.values()])
+    return {
+        "speakers": len(by_speaker),
+        "speaker_mean_dbfs_min": round(float(means.min()), 1),
+        "speaker_mean_dbfs_max": round(float(means.max()), 1),
+        "between_speakers_std_db": round(float(means.std()), 2),
+        "within_speaker_std_db": round(float(np.mean([np.std(v) for v in by_speaker.values()])), 2),
+    }
+
+
 def markdown_table(rows: list[dict]) -> list[str]:
     """The rows of `exits_at_gains` as markdown lines."""
     return [

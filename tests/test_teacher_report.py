@@ -85,3 +85,18 @@ def test_input_level_rows_and_the_card_say_whether_the_level_matters(tmp_path):
     new = (tmp_path / "new.md").read_text()
     assert "| -20 | -40.0 | " in new and "do not depend on the recording level" in new
     assert "Bring audio" not in new
+
+
+def test_speaker_levels_compare_the_spread_between_and_within_speakers():
+    from daisy.levels import speaker_levels
+
+    ones = np.ones(1000, np.float32)
+    wavs = [0.1 * ones, 0.1 * ones, 0.01 * ones, 0.01 * ones]  # -20 dBFS twice, -40 dBFS twice
+    levels = speaker_levels(wavs, ["a", "a", "b", "b"])
+    assert levels == {
+        "speakers": 2,
+        "speaker_mean_dbfs_min": -40.0,
+        "speaker_mean_dbfs_max": -20.0,
+        "between_speakers_std_db": 10.0,
+        "within_speaker_std_db": 0.0,
+    }
