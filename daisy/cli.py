@@ -63,6 +63,14 @@ def _override_policy(early, policy: str | None, threshold: float | None, layer: 
     early.policy = policies.policy_from_dict(policies.override(early.policy.to_dict(), options))
 
 
+def _numbers(option: str, text: str, kind: type) -> tuple:
+    """A comma-separated option's values, or a ValueError that starts with the option's name."""
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated {kind.__name__}s, got {text!r}") from None
+
+
 def _report_calibration(path: Path, early) -> None:
     calibration = early.config.provenance["calibration"]
     out.print(
@@ -382,10 +390,16 @@ def minisuperb(
     train: int = typer.Option(600, help="training utterances per task"),
     test: int = typer.Option(150, help="test utterances per task"),
     featurizer: str = typer.Option("dynamic", help="static, dynamic (DAISY) or per_depth"),
+    budgets: str = typer.Option(
+        "0.4,0.8", help="entropy budgets compared, as shares of the layers (comma-separated; '' for none)"
+    ),
+    fixed: str = typer.Option(None, help="fixed truncation at these layers (comma-separated; default DAISY's depth)"),
     seed: int = typer.Option(0, help="seed of the probes' initialisation and batches (rerun with others: the spread)"),
     quick: bool = typer.Option(False, help="the quick corpus (tests)"),
 ):
-    """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC."""
+    """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC.
+    Results are kept per task and setting in --out: a rerun with more tasks, budgets or layers trains
+    only the probes it has not got."""
     from daisy.data.sources import load_all, utterances
     from daisy.downstream.minisuperb import MiniSuperbConfig, run
     from daisy.downstream.tasks import TASKS, corpus_tasks, parse_corpus_paths, synthetic_tasks
@@ -397,7 +411,14 @@ def minisuperb(
         fail(str(e))
     chosen = tuple(t.strip() for t in (tasks or ",".join(paths or TASKS)).split(",") if t.strip())
     try:  # checked before any model or audio is read
-        config = MiniSuperbConfig(tasks=chosen, size=size, featurizer=featurizer, seed=seed)
+        config = MiniSuperbConfig(
+            tasks=chosen,
+            size=size,
+            featurizer=featurizer,
+            budgets=_numbers("budgets", budgets, float),
+            fixed=_numbers("fixed", fixed or "", int),
+            seed=seed,
+        )
     except ValueError as e:
         fail(f"--{e}")  # its fields are named as the options
     if paths is not None and not set(chosen) <= set(paths):
@@ -405,6 +426,7 @@ def minisuperb(
     source = None
     try:
         early = EarlyExitHubert.from_pretrained(model)
+        config.check(early.num_layers)
         if paths is None:
             train_u, test_u = utterances(data, "train", quick)[:train], utterances(data, "test", quick)[:test]
             dev = load_all(utterances(data, "dev", quick)[:100])

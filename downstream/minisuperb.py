@@ -58,7 +58,8 @@ class MiniSuperbConfig:
     tasks: tuple[str, ...] = TASKS
     size: str = "cpu"
     featurizer: str = "dynamic"
-    budget_fractions: tuple[float, ...] = (0.4, 0.8)
+    budgets: tuple[float, ...] = (0.4, 0.8)
+    fixed: tuple[int, ...] = ()  # fixed truncation at these layers; () = DAISY's mean depth, rounded
     max_eval_signals: int = 60  # PESQ/STOI/SI-SDR on at most this many test utterances
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -66,14 +67,31 @@ class MiniSuperbConfig:
     def __post_init__(self):
         # messages start with the field's name, which is also the CLI option's
         self.tasks = tuple(self.tasks)
+        self.budgets, self.fixed = tuple(self.budgets), tuple(self.fixed)
         if not self.tasks or not set(self.tasks) <= set(TASKS):
             raise ValueError(f"tasks must be among {', '.join(TASKS)}, got {','.join(self.tasks)!r}")
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if self.featurizer not in MODES:
             raise ValueError(f"featurizer must be one of {', '.join(MODES)}, got {self.featurizer!r}")
-        if not all(0 < f <= 1 for f in self.budget_fractions):
-            raise ValueError(f"budget_fractions are shares of the layers, in (0, 1]; got {self.budget_fractions}")
+        if not all(0 < f <= 1 for f in self.budgets):
+            raise ValueError(f"budgets are shares of the layers, in (0, 1]; got {self.budgets}")
+        if not all(isinstance(k, int) and k >= 1 for k in self.fixed):
+            raise ValueError(f"fixed are layers, 1-based; got {self.fixed}")
+
+    def check(self, num_layers: int) -> None:
+        """Raise ValueError if a setting cannot run on a model of `num_layers` layers."""
+        too_deep = [k for k in self.fixed if k > num_layers]
+        if too_deep:
+            raise ValueError(f"fixed {too_deep} beyond the model's {num_layers} layers")
+
+    def probe_key(self) -> dict:
+        """The fields a single (task, setting) result depends on: which tasks and settings run does not
+        change a probe, so adding a task or a budget reuses the results already there."""
+        fields = asdict(self)
+        for name in ("tasks", "budgets", "fixed"):
+            del fields[name]
+        return json.loads(json.dumps(fields))
 
 
 @dataclass
@@ -137,9 +155,11 @@ def settings(model: EarlyExitHubert, dev_entropy: torch.Tensor, config: MiniSupe
     num_layers = model.num_layers
     daisy_depth = model.policy.exit_layers({"entropy": dev_entropy}).float().mean().item()
     out = {"full": policies.Fixed(layer=num_layers), "daisy": model.policy}
-    for fraction in config.budget_fractions:
+    for fraction in config.budgets:
         out[f"budget-{fraction:g}"] = policies.calibrate_budget(dev_entropy, fraction * num_layers)
-    out[f"fixed-{round(daisy_depth)}"] = policies.Fixed(layer=max(1, round(daisy_depth)))
+    config.check(num_layers)
+    for layer in config.fixed or (max(1, round(daisy_depth)),):
+        out[f"fixed-{layer}"] = policies.Fixed(layer=layer)
     return out
 
 
@@ -331,8 +351,8 @@ def markdown(results: dict, scores: dict) -> str:
 
 
 def plot(results: dict, num_layers: int, out: Path) -> Path:
-    """Primary metric vs mean exit depth per task: entropy policies (DAISY, budgets) as one line,
-    fixed truncation and the full model as points, MFCC as a dashed baseline."""
+    """Primary metric vs mean exit depth per task: entropy policies (DAISY, budgets) as one line, fixed
+    truncation as another, the full model as a point, MFCC as a dashed baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,16 +361,16 @@ def plot(results: dict, num_layers: int, out: Path) -> Path:
     fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.4), squeeze=False)
     for ax, (task, by_setting) in zip(axes[0], results.items()):
         name, higher = PRIMARY[task]
-        entropy_pts = sorted(
-            (r["mean_depth"], r["metrics"][name])
-            for s, r in by_setting.items()
-            if s == "daisy" or s.startswith("budget")
-        )
-        if entropy_pts:
-            ax.plot(*zip(*entropy_pts), marker="o", label="entropy (DAISY / budgets)")
-        for s, r in by_setting.items():
-            if s.startswith("fixed") or s == "full":
-                ax.scatter([r["mean_depth"]], [r["metrics"][name]], marker="s" if s == "full" else "^", label=s)
+        for label, marker, chosen in (
+            ("entropy (DAISY / budgets)", "o", lambda s: s == "daisy" or s.startswith("budget")),
+            ("fixed truncation", "^", lambda s: s.startswith("fixed")),
+        ):
+            points = sorted((r["mean_depth"], r["metrics"][name]) for s, r in by_setting.items() if chosen(s))
+            if points:
+                ax.plot(*zip(*points), marker=marker, label=label)
+        if "full" in by_setting:
+            full = by_setting["full"]
+            ax.scatter([full["mean_depth"]], [full["metrics"][name]], marker="s", color="black", label="full")
         if "mfcc" in by_setting:
             ax.axhline(by_setting["mfcc"]["metrics"][name], ls="--", color="grey", label="MFCC")
         ax.set_title(f"{task}: {name} ({'higher' if higher else 'lower'} is better)")
@@ -374,6 +394,7 @@ def run(
     synthetic sets ('clean' for asr and sid, 'noisy' for se, 'mix' for ss). Features are extracted once
     per input set."""
     out = Path(out)
+    config.check(model.num_layers)  # before any feature is extracted
     source = SYNTHETIC_SOURCES if source is None else source
     missing = [t for t in config.tasks if source.get(t) not in data]
     if missing:
@@ -392,7 +413,7 @@ def run(
     sid = data.get(source.get("sid"))
     speakers = max(sid["train"].speakers + sid["test"].speakers, default=0) + 1 if sid else 0
     results: dict[str, dict] = {}
-    config_key = json.loads(json.dumps(asdict(config)))
+    probe_key = config.probe_key()
     jobs = [(t, s) for t in config.tasks for s in ["mfcc", *chosen]]
     with progress() as bar:
         task_bar = bar.add_task("probes", total=len(jobs))
@@ -403,8 +424,9 @@ def run(
             train_f, test_f = pool[(key, "train")], pool[(key, "test")]
             inputs = hashlib.sha1(f"{train_f.key} {test_f.key} {dev.key}".encode()).hexdigest()
             record = json.loads(cached.read_text()) if cached.is_file() else {}
-            # a cached result counts only for the same config, model and audio (dev included: it calibrates)
-            if record.get("config") == config_key and record.get("inputs") == inputs:
+            policy = None if setting == "mfcc" else json.loads(json.dumps(chosen[setting].to_dict()))
+            # a cached result counts only for the same probe, policy, model and audio (dev included: it calibrates)
+            if record.get("config") == probe_key and record.get("policy") == policy and record.get("inputs") == inputs:
                 results.setdefault(task, {})[setting] = record
                 bar.advance(task_bar)
                 continue
@@ -419,13 +441,13 @@ def run(
             )
             depth = None if exits[1] is None else exits[1].float().mean().item()
             record = {
-                "config": config_key,
+                "config": probe_key,
                 "input": key,
                 "inputs": inputs,
                 "metrics": result,
                 "mean_depth": depth,
                 "compute_share": None if depth is None else compute_share(model.backbone.config, depth),
-                "policy": None if setting == "mfcc" else chosen[setting].to_dict(),
+                "policy": policy,
             }
             write_json(cached, record)
             results.setdefault(task, {})[setting] = record

@@ -69,6 +69,33 @@ def test_quick_run_writes_results_for_every_task_and_setting(tmp_path, quick_cor
     assert again["results"]["sid"]["full"] == cached
 
 
+def test_a_rerun_with_other_settings_trains_only_the_probes_it_has_not_got(tmp_path, quick_corpus):
+    from conftest import random_early_exit
+    from daisy.data.corpus import load_manifest
+
+    model = random_early_exit()
+    train, test = load_manifest(quick_corpus, "train")[:24], load_manifest(quick_corpus, "test")[:8]
+    dev = [u.load() for u in load_manifest(quick_corpus, "dev")[:16]]
+    data = synthetic_tasks(train, test, [u.load() for u in train], [u.load() for u in test], tasks=("sid",))
+    with pytest.raises(ValueError, match=r"fixed \[4\] beyond the model's 3 layers"):
+        run(model, data, dev, tmp_path, MiniSuperbConfig(tasks=("sid",), size="quick", fixed=(1, 4)))
+    assert not any(tmp_path.iterdir())  # refused before any feature was extracted
+    first = run(model, data, dev, tmp_path, MiniSuperbConfig(tasks=("sid",), size="quick", budgets=(0.5,), fixed=(1,)))
+    assert set(first["results"]["sid"]) == {"mfcc", "full", "daisy", "budget-0.5", "fixed-1"}
+    results = tmp_path / "results"
+    stamps = {f.name: f.stat().st_mtime_ns for f in results.iterdir()}
+
+    more = MiniSuperbConfig(tasks=("sid",), size="quick", budgets=(0.5, 0.75), fixed=(1, 2))
+    again = run(model, data, dev, tmp_path, more)
+    assert set(again["results"]["sid"]) == {"mfcc", "full", "daisy", "budget-0.5", "budget-0.75", "fixed-1", "fixed-2"}
+    assert {f.name: f.stat().st_mtime_ns for f in results.iterdir() if f.name in stamps} == stamps  # reused
+    assert again["results"]["sid"]["fixed-2"]["mean_depth"] == 2.0
+    assert again["results"]["sid"]["budget-0.75"]["policy"]["target_depth"] == 2.25
+
+    run(model, data, dev, tmp_path, MiniSuperbConfig(tasks=("sid",), size="quick", budgets=(0.5,), fixed=(1,), seed=1))
+    assert all(f.stat().st_mtime_ns != stamps[f.name] for f in results.iterdir() if f.name in stamps)  # retrained
+
+
 def test_speaker_id_is_closed_set_only_when_it_is_asked_for(quick_corpus):
     from daisy.data.corpus import load_manifest
 
@@ -105,7 +132,8 @@ def test_config_is_checked_when_made():
         ({"tasks": ("asr", "mt")}, "got 'asr,mt'"),
         ({"size": "huge"}, "size must be one of quick, cpu, paper"),
         ({"featurizer": "bogus"}, "featurizer must be one of static, dynamic, per_depth"),
-        ({"budget_fractions": (0.5, 1.5)}, r"in \(0, 1\]; got \(0.5, 1.5\)"),
+        ({"budgets": (0.5, 1.5)}, r"in \(0, 1\]; got \(0.5, 1.5\)"),
+        ({"fixed": (0, 2)}, r"fixed are layers, 1-based; got \(0, 2\)"),
     ]:
         with pytest.raises(ValueError, match=problem):
             MiniSuperbConfig(**fields)

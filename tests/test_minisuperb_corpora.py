@@ -168,7 +168,7 @@ def test_quick_run_on_real_corpus_layouts(corpora, tmp_path):
 
     model = random_early_exit()
     tasks = corpus_tasks({"asr": corpora["asr"], "ss": corpora["ss"]}, train=4, test=2)
-    config = MiniSuperbConfig(tasks=("asr", "ss"), size="quick", budget_fractions=(0.5,))
+    config = MiniSuperbConfig(tasks=("asr", "ss"), size="quick", budgets=(0.5,))
     summary = run(model, tasks.data, tasks.dev, tmp_path, config, source=tasks.source)
     assert set(summary["results"]) == {"asr", "ss"}
     assert {"mfcc", "full", "daisy", "budget-0.5"} <= set(summary["results"]["ss"])
