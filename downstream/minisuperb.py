@@ -77,13 +77,13 @@ class MiniSuperbConfig:
         if not all(0 < f <= 1 for f in self.budgets):
             raise ValueError(f"budgets are shares of the layers, in (0, 1]; got {self.budgets}")
         if not all(isinstance(k, int) and k >= 1 for k in self.fixed):
-            raise ValueError(f"fixed are layers, 1-based; got {self.fixed}")
+            raise ValueError(f"fixed layers are 1-based; got {self.fixed}")
 
     def check(self, num_layers: int) -> None:
         """Raise ValueError if a setting cannot run on a model of `num_layers` layers."""
         too_deep = [k for k in self.fixed if k > num_layers]
         if too_deep:
-            raise ValueError(f"fixed {too_deep} beyond the model's {num_layers} layers")
+            raise ValueError(f"fixed layers {too_deep} beyond the model's {num_layers} layers")
 
     def probe_key(self) -> dict:
         """The fields a single (task, setting) result depends on: which tasks and settings run does not

@@ -268,8 +268,8 @@ def test_minisuperb_checks_each_option_by_name(model_dir, tmp_path):
         (("--featurizer", "bogus"), "--featurizer must be one of static, dynamic, per_depth"),
         (("--budgets", "0.5,half"), "--budgets: expected comma-separated floats, got '0.5,half'"),
         (("--budgets", "0.5,2"), "--budgets are shares of the layers, in (0, 1]; got (0.5, 2.0)"),
-        (("--fixed", "2,0"), "--fixed are layers, 1-based; got (2, 0)"),
-        (("--fixed", "9"), "fixed [9] beyond the model's 3 layers"),  # known once the model is read
+        (("--fixed", "2,0"), "--fixed layers are 1-based; got (2, 0)"),
+        (("--fixed", "9"), "fixed layers [9] beyond the model's 3 layers"),  # known once the model is read
     ]:
         result = runner.invoke(app, ["minisuperb", "--model", str(model_dir), "--out", str(tmp_path / "o"), *options])
         assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, options

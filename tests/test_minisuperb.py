@@ -77,7 +77,7 @@ def test_a_rerun_with_other_settings_trains_only_the_probes_it_has_not_got(tmp_p
     train, test = load_manifest(quick_corpus, "train")[:24], load_manifest(quick_corpus, "test")[:8]
     dev = [u.load() for u in load_manifest(quick_corpus, "dev")[:16]]
     data = synthetic_tasks(train, test, [u.load() for u in train], [u.load() for u in test], tasks=("sid",))
-    with pytest.raises(ValueError, match=r"fixed \[4\] beyond the model's 3 layers"):
+    with pytest.raises(ValueError, match=r"fixed layers \[4\] beyond the model's 3 layers"):
         run(model, data, dev, tmp_path, MiniSuperbConfig(tasks=("sid",), size="quick", fixed=(1, 4)))
     assert not any(tmp_path.iterdir())  # refused before any feature was extracted
     first = run(model, data, dev, tmp_path, MiniSuperbConfig(tasks=("sid",), size="quick", budgets=(0.5,), fixed=(1,)))
@@ -133,7 +133,7 @@ def test_config_is_checked_when_made():
         ({"size": "huge"}, "size must be one of quick, cpu, paper"),
         ({"featurizer": "bogus"}, "featurizer must be one of static, dynamic, per_depth"),
         ({"budgets": (0.5, 1.5)}, r"in \(0, 1\]; got \(0.5, 1.5\)"),
-        ({"fixed": (0, 2)}, r"fixed are layers, 1-based; got \(0, 2\)"),
+        ({"fixed": (0, 2)}, r"fixed layers are 1-based; got \(0, 2\)"),
     ]:
         with pytest.raises(ValueError, match=problem):
             MiniSuperbConfig(**fields)
