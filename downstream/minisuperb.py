@@ -157,7 +157,6 @@ def settings(model: EarlyExitHubert, dev_entropy: torch.Tensor, config: MiniSupe
     out = {"full": policies.Fixed(layer=num_layers), "daisy": model.policy}
     for fraction in config.budgets:
         out[f"budget-{fraction:g}"] = policies.calibrate_budget(dev_entropy, fraction * num_layers)
-    config.check(num_layers)
     for layer in config.fixed or (max(1, round(daisy_depth)),):
         out[f"fixed-{layer}"] = policies.Fixed(layer=layer)
     return out
