@@ -71,15 +71,18 @@ def _numbers(option: str, text: str, kind: type) -> tuple:
         raise ValueError(f"{option}: expected comma-separated {kind.__name__}s, got {text!r}") from None
 
 
-def _report_calibration(path: Path, early) -> None:
-    calibration = early.config.provenance["calibration"]
+def _report_calibration(path: Path, early, task: str | None = None) -> None:
+    provenance = early.config.provenance
+    calibration = provenance["calibration"] if task is None else provenance["task_calibration"][task]
+    policy = early.policy if task is None else early.task_policy(task)
     out.print(
         f"{path}: mean exit depth {calibration['reached_depth']:.2f} of {early.num_layers} layers "
-        f"on {calibration['utterances']} held-out utterances",
+        f"on {calibration['utterances']} held-out utterances" + ("" if task is None else f" (task {task})"),
         highlight=False,
         soft_wrap=True,
     )
-    out.print(f"policy: {json.dumps(early.policy.to_dict())}", highlight=False, soft_wrap=True)
+    label = "policy" if task is None else f"policy for {task}"
+    out.print(f"{label}: {json.dumps(policy.to_dict())}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -111,6 +114,7 @@ def info(model: Path = typer.Argument(..., help="HuBERT checkpoint: model direct
         rank = "" if config.head_rank is None else f", rank {config.head_rank}"
         lines.append(f"exit heads: {config.num_classes} classes{rank} on each layer's {where}, trained on {source}")
         lines.append(f"policy: {json.dumps(early.policy.to_dict())}")
+        lines += [f"policy for {task}: {json.dumps(early.task_policy(task).to_dict())}" for task in early.tasks]
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True)
 
@@ -247,12 +251,15 @@ def calibrate(
     compute: float = typer.Option(None, help="target share of full-model compute (0..1), instead of --depth"),
     per_layer: bool = typer.Option(False, help="one threshold per layer (same quantile) instead of one shared"),
     min_layer: int = typer.Option(1, help="no exit before this layer; the heads below it are not run"),
+    task: str = typer.Option(
+        None, help="save the thresholds as this task's own policy (e.g. asr), leaving the model's policy as it is"
+    ),
     quick: bool = typer.Option(False, help="the small corpus, for tests"),
 ):
     """Fit entropy thresholds on held-out audio to a depth or compute budget; saved into daisy.json."""
     from daisy.compute import depth_for_share
     from daisy.data.sources import load_all, utterances
-    from daisy.model import EarlyExitHubert
+    from daisy.model import EarlyExitHubert, stored_dtype
     from daisy.pipeline import calibrate_model
 
     if (depth is None) == (compute is None):
@@ -262,11 +269,11 @@ def calibrate(
         wavs = load_all(utterances(data, "dev", quick) or utterances(data, None, quick))
         if compute is not None:
             depth = depth_for_share(early.backbone.config, compute)
-        calibrate_model(early, wavs, depth, per_layer=per_layer, min_layer=min_layer)
+        calibrate_model(early, wavs, depth, per_layer=per_layer, min_layer=min_layer, task=task)
     except (OSError, ValueError) as e:
         fail(str(e))
-    early.save_pretrained(model)
-    _report_calibration(model, early)
+    early.save_pretrained(model, dtype=stored_dtype(model))
+    _report_calibration(model, early, task)
 
 
 @app.command("exit")
@@ -279,6 +286,7 @@ def exit_cmd(
         None, help="threshold for --policy; alone, replaces the threshold of the model's own policy"
     ),
     layer: int = typer.Option(None, help="fixed exit at this layer instead of the policy"),
+    task: str = typer.Option(None, help="start from this task's saved policy (`daisy calibrate --task`)"),
 ):
     """Run early exit on audio files and print each file's exit layer (files that cannot be read are
     reported on stderr and left out, also from --json)."""
@@ -287,6 +295,8 @@ def exit_cmd(
 
     try:
         early = EarlyExitHubert.from_pretrained(model)
+        if task is not None:
+            early.use_task(task)
         _override_policy(early, policy, threshold, layer)
     except (OSError, ValueError) as e:
         fail(str(e))
@@ -317,6 +327,7 @@ def noise_sweep_cmd(
     ),
     asr_train: int = typer.Option(300, help="training utterances for the ASR probes"),
     asr_size: str = typer.Option("cpu", help="ASR probe size: quick, cpu or paper"),
+    task: str = typer.Option(None, help="exit under this task's saved policy instead of the model's own"),
     quick: bool = typer.Option(False, help="the small corpus, for tests"),
 ):
     """Exit depth of every utterance at every noise type and SNR: table, CSV/JSON and plots."""
@@ -336,6 +347,8 @@ def noise_sweep_cmd(
         include_clean, snrs = ns.parse_snrs(snr)
         kinds, noise_files = ns.parse_noises(noise)
         early = EarlyExitHubert.from_pretrained(model)
+        if task is not None:
+            early.use_task(task)
         utts = utterances(audio, "test" if audio == "synthetic" else None, quick)[:limit]
         wavs = load_all(utts, early.backbone.min_samples)
         pool = load_all(utterances(audio, "train", quick)[:64]) if audio == "synthetic" else wavs

@@ -41,6 +41,9 @@ class DaisyConfig:
     head_rank: int | None = None
     targets: str = "teacher"  # "teacher" (the model's own prediction) or "kmeans"
     policy: dict = field(default_factory=lambda: {"name": "entropy", "threshold": 1.0})
+    # task name -> policy: one operating point per downstream task (DAISY's paper gives each its own
+    # threshold), chosen with `EarlyExitHubert.use_task`; `policy` above stays the default.
+    task_policies: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -48,6 +51,13 @@ class DaisyConfig:
             raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
         if self.targets not in ("teacher", "kmeans"):
             raise ValueError(f"targets must be 'teacher' or 'kmeans', got {self.targets!r}")
+        if not isinstance(self.task_policies, dict):
+            raise ValueError(f"task_policies must map task names to policies, got {self.task_policies!r}")
+        for task, spec in self.task_policies.items():
+            try:
+                policies.policy_from_dict(spec)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"task {task!r}'s policy: {e}") from e
 
 
 @dataclass
@@ -107,6 +117,8 @@ class EarlyExitHubert(nn.Module):
         self.backbone, self.heads, self.config = backbone, heads, config
         self.teacher, self.kmeans = teacher, kmeans
         self.policy = policies.policy_from_dict(config.policy)
+        for task in config.task_policies:
+            self.task_policy(task)  # each must fit this backbone too
 
     @property
     def num_layers(self) -> int:
@@ -120,6 +132,38 @@ class EarlyExitHubert(nn.Module):
     def policy(self, policy: policies.Policy) -> None:
         policy.check(self.num_layers)  # a layer or threshold list that does not fit fails here, not mid-batch
         self._policy = policy
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks with an operating point of their own (`task_policies` in daisy.json)."""
+        return sorted(self.config.task_policies)
+
+    def task_policy(self, task: str) -> policies.Policy:
+        """The policy saved for `task`; a ValueError naming the saved tasks if there is none."""
+        if task not in self.config.task_policies:
+            saved = ", ".join(self.tasks) or "none"
+            raise ValueError(
+                f"no policy for task {task!r} in this model (tasks with their own policy: {saved}); "
+                f"calibrate one with `daisy calibrate --task {task}`"
+            )
+        try:
+            policy = policies.policy_from_dict(self.config.task_policies[task])
+            policy.check(self.num_layers)
+        except ValueError as e:
+            raise ValueError(f"task {task!r}'s policy: {e}") from e
+        return policy
+
+    def set_task_policy(self, task: str, policy: policies.Policy) -> None:
+        """Save `policy` as `task`'s operating point; the model's own `policy` is left as it is."""
+        check_task_name(task)
+        policy.check(self.num_layers)
+        self.config.task_policies[task] = policy.to_dict()
+
+    def use_task(self, task: str) -> EarlyExitHubert:
+        """Run under `task`'s saved policy from now on (it becomes `self.policy`, and is what
+        `save_pretrained` then records as the default). Returns the model."""
+        self.policy = self.task_policy(task)
+        return self
 
     @classmethod
     def from_backbone(
@@ -302,6 +346,21 @@ class EarlyExitHubert(nn.Module):
             return cls(backbone, heads, config, teacher=teacher, kmeans=kmeans).eval()
         except ValueError as e:  # the saved policy does not fit the backbone
             raise ValueError(f"{path / 'daisy.json'}: {e}") from e
+
+
+def check_task_name(task: str) -> None:
+    """Task names key daisy.json and the CLI's options: letters, digits, '-' and '_'."""
+    if not task or not task.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"task names are letters, digits, '-' and '_', got {task!r}")
+
+
+def stored_dtype(path: str | Path) -> torch.dtype:
+    """The float type a daisy model directory keeps its backbone weights in (the shipped model: float16), so
+    that rewriting it in place (`daisy calibrate`) keeps its size."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
+        return f.get_tensor(next(iter(f.keys()))).dtype
 
 
 def read_weights(path: Path, what: str, module: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 from daisy import policies
 from daisy.audio import AudioError, load
-from daisy.model import EarlyExitHubert, load_teacher
+from daisy.model import EarlyExitHubert, check_task_name, load_teacher
 from daisy.targets import KMeansTargets, TeacherHead, layer_states, source_backbone
 from daisy.upstream import HubertBackbone
 
@@ -48,20 +48,34 @@ def trace_scores(model: EarlyExitHubert, wavs: list[np.ndarray], batch_size: int
 
 
 def calibrate_model(
-    model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, per_layer: bool = False, min_layer: int = 1
+    model: EarlyExitHubert,
+    wavs: list[np.ndarray],
+    depth: float,
+    per_layer: bool = False,
+    min_layer: int = 1,
+    task: str | None = None,
 ):
-    """Set `model.policy` to entropy thresholds that reach mean exit `depth` on `wavs`, exiting no earlier than
-    `min_layer` (the live model then runs no head below it)."""
+    """Entropy thresholds that reach mean exit `depth` on `wavs`, exiting no earlier than `min_layer` (the
+    live model then runs no head below it): `model.policy`, or with `task` that task's saved policy (the
+    model's own policy left as it is). Returns the policy."""
+    if task is not None:
+        check_task_name(task)  # before the trace, which takes a while
     entropy = trace_scores(model, wavs)["entropy"]
-    model.policy = policies.calibrate_budget(entropy, depth, per_layer=per_layer, min_layer=min_layer)
-    model.config.provenance["calibration"] = {
+    policy = policies.calibrate_budget(entropy, depth, per_layer=per_layer, min_layer=min_layer)
+    record = {
         "utterances": len(wavs),
         "target_depth": round(depth, 6),
-        "reached_depth": round(model.policy.exit_layers({"entropy": entropy}).float().mean().item(), 4),
+        "reached_depth": round(policy.exit_layers({"entropy": entropy}).float().mean().item(), 4),
         "per_layer": per_layer,
         "min_layer": min_layer,
     }
-    return model.policy
+    if task is None:
+        model.policy = policy
+        model.config.provenance["calibration"] = record
+    else:
+        model.set_task_policy(task, policy)
+        model.config.provenance.setdefault("task_calibration", {})[task] = record
+    return policy
 
 
 def prepare_model(

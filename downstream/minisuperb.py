@@ -3,8 +3,9 @@
 As MiniSUPERB, features are extracted once per input set (a trace: every layer's states and every
 head's entropy for every utterance, kept in fp16), then probes train on a weighted sum of layers.
 Upstream settings differ only in their exit layers, applied to the stored trace (the same exits as
-the live model): the full model, DAISY's calibrated policy, entropy budgets at other depths, fixed
-truncation at DAISY's mean depth, and MFCC features as the baseline. Each (task, setting) result is
+the live model): the full model, DAISY's calibrated policy (per task: the task's own saved policy
+where the model has one, as DAISY's paper gives each task its threshold), entropy budgets at other
+depths, fixed truncation at DAISY's mean depth, and MFCC features as the baseline. Each (task, setting) result is
 cached as JSON, so an interrupted run resumes.
 
 Score (MiniSUPERB style): per task, the primary metric normalised between the MFCC baseline (0) and
@@ -160,6 +161,13 @@ def settings(model: EarlyExitHubert, dev_entropy: torch.Tensor, config: MiniSupe
     for layer in config.fixed or (max(1, round(daisy_depth)),):
         out[f"fixed-{layer}"] = policies.Fixed(layer=layer)
     return out
+
+
+def setting_policy(model: EarlyExitHubert, chosen: dict[str, policies.Policy], task: str, setting: str):
+    """The policy `setting` runs on `task`: DAISY's is the task's own saved policy where there is one."""
+    if setting == "daisy" and task in model.tasks:
+        return model.task_policy(task)
+    return chosen[setting]
 
 
 def _collate(features: Features, idx: list[int], exits: torch.Tensor | None):
@@ -423,7 +431,8 @@ def run(
             train_f, test_f = pool[(key, "train")], pool[(key, "test")]
             inputs = hashlib.sha1(f"{train_f.key} {test_f.key} {dev.key}".encode()).hexdigest()
             record = json.loads(cached.read_text()) if cached.is_file() else {}
-            policy = None if setting == "mfcc" else json.loads(json.dumps(chosen[setting].to_dict()))
+            run_policy = None if setting == "mfcc" else setting_policy(model, chosen, task, setting)
+            policy = None if run_policy is None else json.loads(json.dumps(run_policy.to_dict()))
             # a cached result counts only for the same probe, policy, model and audio (dev included: it calibrates)
             if record.get("config") == probe_key and record.get("policy") == policy and record.get("inputs") == inputs:
                 results.setdefault(task, {})[setting] = record
@@ -433,7 +442,7 @@ def run(
             exits = (
                 (None, None)
                 if setting == "mfcc"
-                else tuple(chosen[setting].exit_layers({"entropy": f.entropy}) for f in (train_f, test_f))
+                else tuple(run_policy.exit_layers({"entropy": f.entropy}) for f in (train_f, test_f))
             )
             result = train_and_evaluate(
                 task, (train_f, data[key]["train"]), (test_f, data[key]["test"]), *exits, config, vocab, speakers

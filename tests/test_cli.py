@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from conftest import random_early_exit
 from daisy import audio
 from daisy.cli import app
-from daisy.model import EarlyExitHubert
+from daisy.model import EarlyExitHubert, stored_dtype
 from daisy.pretrain import PretrainConfig
 from daisy.targets import KMeansTargets
 
@@ -131,6 +131,39 @@ def test_calibrate_writes_the_budget_into_the_model(model_dir, tmp_path, wavs):
     assert f"mean exit depth {calibration['reached_depth']:.2f} of 3 layers on 2 held-out utterances" in " ".join(
         runner.invoke(app, args).output.split()
     )
+
+
+def test_calibrate_task_saves_that_tasks_policy_and_exit_info_and_noise_sweep_use_it(model_dir, tmp_path, wavs):
+    EarlyExitHubert.from_pretrained(model_dir).save_pretrained(model_dir, dtype=torch.float16)
+    own = json.loads((model_dir / "daisy.json").read_text())["policy"]
+    args = ["calibrate", "--model", str(model_dir), "--data", str(tmp_path), "--depth", "3", "--task", "asr"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((model_dir / "daisy.json").read_text())
+    assert saved["policy"] == own  # the model's own policy is left as it was
+    assert saved["task_policies"]["asr"]["name"] == "budget" and saved["task_policies"]["asr"]["target_depth"] == 3
+    assert saved["provenance"]["task_calibration"]["asr"]["reached_depth"] == 3  # depth L: no one exits early
+    assert "(task asr)" in result.output and "policy for asr: " in result.output
+    assert stored_dtype(model_dir) == torch.float16  # rewritten in the precision it was stored in
+
+    def exit_layers(*options):
+        result = runner.invoke(app, ["exit", "--model", str(model_dir), "--json", *options, *map(str, wavs)])
+        assert result.exit_code == 0, result.output
+        return [r["exit_layer"] for r in json.loads(result.output)]
+
+    assert exit_layers("--task", "asr") == [3, 3]
+    assert exit_layers("--threshold", "1e9") == [1, 1]
+    assert exit_layers("--task", "asr", "--threshold", "1e9") == [1, 1]  # options change the task's policy
+    info = runner.invoke(app, ["info", str(model_dir)]).output.strip().splitlines()
+    assert json.loads(info[-1].removeprefix("policy for asr: ")) == saved["task_policies"]["asr"]
+    for command in (["exit", "--json", str(wavs[0])], ["noise-sweep", "--audio", str(tmp_path)]):
+        result = runner.invoke(app, [*command, "--model", str(model_dir), "--task", "sid"])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "no policy for task 'sid' in this model (tasks with their own policy: asr)" in " ".join(
+            result.output.split()
+        )
+    result = runner.invoke(app, [*args[:-1], "a b"])
+    assert result.exit_code == 1 and "task names are letters, digits, '-' and '_', got 'a b'" in result.output
 
 
 def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):

@@ -26,6 +26,15 @@ def test_quick_demo_writes_the_report_and_reruns_cheaply(tmp_path, monkeypatch):
     assert "ASR per noise condition" in (report / "report.md").read_text()
     asr = {(r["noise"], r["snr"], r["setting"]) for r in stored["asr_per_snr"]["rows"]}
     assert ("babble", 0.0, "daisy") in asr and ("clean", None, "full") in asr
+    # DAISY runs ASR at its own, deeper operating point and the other tasks at the model's default one
+    saved = json.loads((tmp_path / "demo" / "model" / "daisy.json").read_text())
+    probes = stored["minisuperb"]["results"]
+    assert probes["asr"]["daisy"]["policy"] == saved["task_policies"]["asr"]
+    assert probes["sid"]["daisy"]["policy"] == saved["policy"] != saved["task_policies"]["asr"]
+    layers = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())["num_hidden_layers"]
+    depth = saved["provenance"]["task_calibration"]["asr"]["target_depth"]
+    assert depth == round(0.95 * layers, 6)
+    assert f"their own thresholds, as in DAISY's paper: asr {depth:g} layers" in (report / "report.md").read_text()
     model_time = (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns
     again = run_demo(tmp_path / "demo", DemoConfig(quick=True))  # every stage reused
     assert (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns == model_time

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from daisy import policies
 from daisy.downstream.minisuperb import MiniSuperbConfig, markdown, run, score, scored_tasks
 from daisy.downstream.tasks import synthetic_tasks
 
@@ -92,8 +93,16 @@ def test_a_rerun_with_other_settings_trains_only_the_probes_it_has_not_got(tmp_p
     assert again["results"]["sid"]["fixed-2"]["mean_depth"] == 2.0
     assert again["results"]["sid"]["budget-0.75"]["policy"]["target_depth"] == 2.25
 
-    run(model, data, dev, tmp_path, MiniSuperbConfig(tasks=("sid",), size="quick", budgets=(0.5,), fixed=(1,), seed=1))
+    reseeded = MiniSuperbConfig(tasks=("sid",), size="quick", budgets=(0.5,), fixed=(1,), seed=1)
+    run(model, data, dev, tmp_path, reseeded)
     assert all(f.stat().st_mtime_ns != stamps[f.name] for f in results.iterdir() if f.name in stamps)  # retrained
+
+    # a policy saved for the task is DAISY's operating point there: only that probe is trained again
+    stamps = {f.name: f.stat().st_mtime_ns for f in results.iterdir()}
+    model.set_task_policy("sid", policies.Fixed(layer=2))
+    own = run(model, data, dev, tmp_path, reseeded)["results"]["sid"]
+    assert own["daisy"]["mean_depth"] == 2.0 and own["daisy"]["policy"] == {"name": "fixed", "layer": 2}
+    assert [f.name for f in results.iterdir() if f.stat().st_mtime_ns != stamps[f.name]] == ["sid-daisy.json"]
 
 
 def test_speaker_id_is_closed_set_only_when_it_is_asked_for(quick_corpus):

@@ -171,6 +171,32 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state)
 
 
+def test_task_policies_round_trip_beside_the_models_own_and_are_chosen_by_name(tmp_path):
+    model = random_early_exit()
+    own = model.policy
+    model.set_task_policy("asr", policies.Fixed(layer=3))
+    model.set_task_policy("se", policies.Entropy(threshold=[0.5, 0.7], min_layer=2))
+    assert model.policy == own and model.tasks == ["asr", "se"]
+    with pytest.raises(ValueError, match="fixed exit layer 4 is past the model's 3 layers"):
+        model.set_task_policy("sid", policies.Fixed(layer=4))
+    model.save_pretrained(tmp_path / "m")
+    loaded = EarlyExitHubert.from_pretrained(tmp_path / "m")
+    assert loaded.policy == own and loaded.task_policy("se") == policies.Entropy(threshold=[0.5, 0.7], min_layer=2)
+    wavs, lengths = varied_batch(3)
+    with torch.no_grad():
+        assert loaded.use_task("asr")(wavs, lengths).exit_layers.tolist() == [3, 3, 3]
+    assert loaded.policy == policies.Fixed(layer=3)
+    with pytest.raises(
+        ValueError, match=r"no policy for task 'sid' in this model \(tasks with their own policy: asr, se\)"
+    ):
+        loaded.task_policy("sid")
+    config = json.loads((tmp_path / "m" / "daisy.json").read_text())
+    for policy, problem in [({"name": "fixed", "layer": 9}, "fixed exit layer 9 is past"), ({"name": "x"}, "unknown")]:
+        (tmp_path / "m" / "daisy.json").write_text(json.dumps({**config, "task_policies": {"sid": policy}}))
+        with pytest.raises(ValueError, match=f"daisy.json: task 'sid'.s policy: {problem}"):
+            EarlyExitHubert.from_pretrained(tmp_path / "m")
+
+
 def test_loading_a_plain_backbone_dir_says_what_is_missing(tmp_path):
     model = random_early_exit()
     model.backbone.save_pretrained(tmp_path)

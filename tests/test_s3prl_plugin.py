@@ -38,6 +38,7 @@ def model_dir(tmp_path_factory):
                 p.add_(0.5 * torch.randn_like(p))
         first = model.trace(*padded_batch(LENGTHS)).scores["entropy"][:, 0]
     model.policy = policies.Entropy(threshold=float(first.mean()))
+    model.set_task_policy("asr", policies.Entropy(threshold=1e9, min_layer=2))  # everyone exits at layer 2
     path = tmp_path_factory.mktemp("daisy") / "model"
     model.save_pretrained(path)
     return path
@@ -154,6 +155,8 @@ def test_runner_featurizer_is_softmax_weighted_sum(s3prl_nn, model_dir):
         ("daisy_hubert", {"policy": "fixed", "layer": 2}, {"layer": 1}, policies.Fixed(layer=1)),  # keywords win
         ("daisy_hubert", None, {"threshold": 10.0}, policies.Entropy(threshold=10.0)),  # the saved policy, changed
         ("daisy_hubert", None, {"policy": "confidence", "threshold": 0.0}, policies.Confidence(threshold=0.0)),
+        ("daisy_hubert", None, {"task": "asr"}, policies.Entropy(threshold=1e9, min_layer=2)),  # the task's own
+        ("daisy_hubert", {"task": "asr"}, {"threshold": 0.0}, policies.Entropy(threshold=0.0, min_layer=2)),
     ],
 )
 def test_policy_options(s3prl_nn, model_dir, tmp_path, entry, config, options, expected):
@@ -192,6 +195,11 @@ def test_fixed_layer_from_yaml(s3prl_nn, model_dir, tmp_path):
         ("daisy_hubert_fixed", {"policy": "entropy", "layer": 2}, "use daisy_hubert"),
         ("daisy_hubert", {"policy": "fixed", "threshold": 1.0}, "do not fit"),
         ("daisy_hubert", {"policy": "nope"}, "unknown policy"),
+        (
+            "daisy_hubert",
+            {"task": "sid"},
+            r"model: no policy for task 'sid' in this model \(tasks with their own policy: asr",
+        ),
     ],
 )
 def test_bad_policy_options(s3prl_nn, model_dir, entry, options, message):

@@ -11,9 +11,10 @@ utterance's exit state in every deeper layer.
 
 Policy options (a YAML or JSON `model_config` file, the runner's `-g`, or keyword arguments, e.g.
 s3prl's `extra_conf`; keywords win over the file, the file over the checkpoint's own `daisy.json`):
-`policy` names a policy (entropy, confidence, budget, fixed); every other key is a field of it
-(`threshold`, `min_layer`, `layer`). Without `policy`, the fields change the checkpoint's own policy
-(see `daisy.policies.override`)."""
+`task` picks the policy the checkpoint saved for that task (`daisy calibrate --task asr`) instead of its
+default one; `policy` names a policy (entropy, confidence, budget, fixed); every other key is a field of it
+(`threshold`, `min_layer`, `layer`). Without `policy`, the fields change the checkpoint's (or the task's)
+own policy (see `daisy.policies.override`)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,12 @@ class UpstreamExpert(nn.Module):
             )
         self.model = EarlyExitHubert.from_pretrained(ckpt)
         options = {**read_options(model_config), **options}
+        task = options.pop("task", None)
+        if task is not None:
+            try:
+                self.model.use_task(str(task))
+            except ValueError as e:
+                raise ValueError(f"{ckpt}: {e}") from e
         spec = policies.override(self.model.policy.to_dict(), options)
         try:
             self.model.policy = policies.policy_from_dict(spec)
