@@ -191,7 +191,11 @@ def test_task_policies_round_trip_beside_the_models_own_and_are_chosen_by_name(t
     ):
         loaded.task_policy("sid")
     config = json.loads((tmp_path / "m" / "daisy.json").read_text())
-    for policy, problem in [({"name": "fixed", "layer": 9}, "fixed exit layer 9 is past"), ({"name": "x"}, "unknown")]:
+    for policy, problem in [
+        ({"name": "fixed", "layer": 9}, "fixed exit layer 9 is past"),
+        ({"name": "x"}, "unknown"),
+        (5, ""),
+    ]:
         (tmp_path / "m" / "daisy.json").write_text(json.dumps({**config, "task_policies": {"sid": policy}}))
         with pytest.raises(ValueError, match=f"daisy.json: task 'sid'.s policy: {problem}"):
             EarlyExitHubert.from_pretrained(tmp_path / "m")
