@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -39,9 +39,8 @@ class DemoConfig:
     probe_train: int = 400
     probe_test: int = 100
     depth_fraction: float = 0.6  # calibrate DAISY to this share of the layers on average
-    # tasks with an operating point of their own, as DAISY's paper gives each task its threshold: clean
-    # ASR on the shipped model comes within 2 % of the full model only at about 0.95 L (docs/results.md)
-    task_depth_fractions: dict = field(default_factory=lambda: {"asr": 0.95})
+    # tasks with an operating point of their own (default: daisy.pipeline.TASK_DEPTH_FRACTIONS)
+    task_depth_fractions: dict | None = None
 
     def __post_init__(self):
         if self.quick:
@@ -121,7 +120,7 @@ def _heads(out: Path, base: Path, splits, config: DemoConfig):
     """Trained and calibrated DAISY heads on `base`, saved as the daisy model `out/model`."""
     from daisy.data.sources import load_all
     from daisy.model import EarlyExitHubert
-    from daisy.pipeline import calibrate_model, prepare_model
+    from daisy.pipeline import calibrate_operating_points, prepare_model
     from daisy.train_heads import HeadTrainConfig, train_heads
 
     target = out / "model"
@@ -131,10 +130,7 @@ def _heads(out: Path, base: Path, splits, config: DemoConfig):
     model = prepare_model(base, wavs=train)
     if not (base / "heads.safetensors").is_file() or config.train_heads or config.pretrain:
         train_heads(model, train, out / "heads", HeadTrainConfig.quick() if config.quick else HeadTrainConfig())
-    dev = load_all(splits["dev"])
-    calibrate_model(model, dev, config.depth_fraction * model.num_layers)
-    for task, fraction in config.task_depth_fractions.items():
-        calibrate_model(model, dev, fraction * model.num_layers, task=task)
+    calibrate_operating_points(model, load_all(splits["dev"]), config.depth_fraction, config.task_depth_fractions)
     model.save_pretrained(target)
     return model
 

@@ -61,6 +61,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def carry_over(old: Path, new: Path, owned: set[str]) -> None:
+    """Copy into `new` what the folder `old` holds beyond the names its writer `owned` (a model card, notes):
+    rewriting a folder in place must not lose them. Owned names left out of `new` stay gone."""
+    if not old.is_dir():
+        return
+    for item in old.iterdir():
+        if item.name in owned or (new / item.name).exists() or item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, new / item.name)
+        else:
+            shutil.copy2(item, new / item.name)
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write a matplotlib figure as PNG atomically, then close it."""
     import matplotlib.pyplot as plt

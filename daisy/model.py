@@ -22,11 +22,23 @@ from torch import nn
 
 from daisy import policies
 from daisy.heads import ExitHeads
-from daisy.io import atomic_dir
+from daisy.io import atomic_dir, carry_over
 from daisy.targets import KMeansTargets, TeacherHead
 from daisy.upstream import HubertBackbone
 
 HEAD_INPUTS = ("ffn", "output")
+# what `save_pretrained` writes (or leaves out when the model has no such part); any other file in a model
+# directory (a model card, notes) is kept when the model is saved over it
+MODEL_FILES = {
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "preprocessor_config.json",
+    "heads.safetensors",
+    "teacher_head.safetensors",
+    "kmeans.safetensors",
+    "daisy.json",
+}
 
 
 @dataclass
@@ -299,7 +311,7 @@ class EarlyExitHubert(nn.Module):
         """One directory: config.json + model.safetensors + preprocessor_config.json (transformers HubertModel
         and feature extractor), heads.safetensors,
         teacher_head.safetensors / kmeans.safetensors when present, daisy.json (recording the current
-        `self.policy`). Written atomically;
+        `self.policy`). Written atomically; other files already in `path` (a model card) are kept.
         `dtype=torch.float16` halves the size (loading always computes in float32)."""
         self.config.policy = self.policy.to_dict()
 
@@ -318,6 +330,7 @@ class EarlyExitHubert(nn.Module):
             if self.kmeans is not None:
                 self.kmeans.save(tmp / "kmeans.safetensors")
             (tmp / "daisy.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            carry_over(Path(path), tmp, MODEL_FILES)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> EarlyExitHubert:

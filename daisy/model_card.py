@@ -30,7 +30,7 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
     from daisy.data.sources import load_all, utterances
     from daisy.levels import exits_at_gains
     from daisy.model import EarlyExitHubert
-    from daisy.pipeline import calibrate_model, prepare_model
+    from daisy.pipeline import calibrate_operating_points, prepare_model
     from daisy.pretrain import export_checkpoint
     from daisy.teacher_report import char_probe, frame_layers, masked_prediction, pooled_layers, speaker_probe
     from daisy.train_heads import HeadTrainConfig, train_heads
@@ -59,7 +59,7 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
         config = HeadTrainConfig(steps=head_steps)
         train_heads(model, train, Path(tmp) / "heads", config)
         head_log = json.loads((Path(tmp) / "heads" / "heads_log.json").read_text())["log"]
-    calibrate_model(model, dev, depth_fraction * model.num_layers)
+    calibrate_operating_points(model, dev, depth_fraction)
     model.config.provenance.update({"base_model": str(run), "head_training": vars(config)})
     model.save_pretrained(out, dtype=torch.float16)
     model = EarlyExitHubert.from_pretrained(out)  # measure what ships: the fp16-rounded weights
@@ -79,6 +79,7 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
         },
         "figures": figures,
         "policy": model.policy.to_dict(),
+        "task_policies": model.config.task_policies,
         "corpus": str(splits["train"][0].path.parent.parent),
         "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads used",
         "ship_seconds": time.time() - began,
@@ -164,6 +165,11 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         *[f"| {h['layer']} | {h['loss']:.3f} | {h['acc']:.3f} | {h['entropy']:.3f} |" for h in fig["heads"]],
         "",
         f"Policy (calibrated on dev): `{json.dumps(card['policy'])}`",
+        *[
+            line
+            for task, p in card.get("task_policies", {}).items()
+            for line in ("", f"Policy for {task}, its own operating point (`--task {task}`): `{json.dumps(p)}`")
+        ],
         "",
         "## Adaptivity: mean exit depth per noise type and SNR (test split)",
         "",

@@ -164,6 +164,12 @@ def test_save_and_load_round_trip(tmp_path):
         "model.safetensors",
         "preprocessor_config.json",
     ]
+    # saving over a model directory keeps what is not the model's (a card) and drops parts it no longer has
+    (tmp_path / "m" / "MODEL_CARD.md").write_text("# card\n")
+    (tmp_path / "m" / "kmeans.safetensors").write_bytes(b"stale")
+    loaded.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "MODEL_CARD.md").read_text() == "# card\n"
+    assert not (tmp_path / "m" / "kmeans.safetensors").exists()
     wavs, lengths = varied_batch(3)
     with torch.no_grad():
         a, b = model(wavs, lengths), loaded(wavs, lengths)

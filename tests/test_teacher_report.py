@@ -87,6 +87,27 @@ def test_input_level_rows_and_the_card_say_whether_the_level_matters(tmp_path):
     assert "Bring audio" not in new
 
 
+def test_the_shipped_model_and_its_card_carry_asrs_own_operating_point(tmp_path):
+    import json
+
+    from daisy.model import EarlyExitHubert
+    from daisy.model_card import write_card
+    from daisy.pipeline import TASK_DEPTH_FRACTIONS
+
+    shipped = "daisy/assets/hubert-tiny-synth"
+    model = EarlyExitHubert.from_pretrained(shipped)
+    assert model.tasks == sorted(TASK_DEPTH_FRACTIONS)
+    assert model.task_policy("asr").target_depth == round(TASK_DEPTH_FRACTIONS["asr"] * model.num_layers, 6)
+    assert model.policy.target_depth < model.task_policy("asr").target_depth
+    card = json.loads(open(f"{shipped}/card.json").read())
+    write_card(tmp_path / "card.md", card, "")
+    line = f"Policy for asr, its own operating point (`--task asr`): `{json.dumps(model.task_policy('asr').to_dict())}`"
+    assert line in (tmp_path / "card.md").read_text()
+    del card["task_policies"]  # as cards made before them
+    write_card(tmp_path / "old.md", card, "")
+    assert "Policy for" not in (tmp_path / "old.md").read_text()
+
+
 def test_speaker_levels_compare_the_spread_between_and_within_speakers():
     from daisy.levels import speaker_levels
 
