@@ -342,7 +342,8 @@ def markdown(results: dict, scores: dict) -> str:
         for setting, r in by_setting.items():
             depth = "-" if r["mean_depth"] is None else f"{r['mean_depth']:.2f}"
             share = "-" if r["compute_share"] is None else f"{r['compute_share']:.2f}"
-            lines.append(f"| {task} | {setting} | {name} | {r['metrics'][name]:.3f} | {depth} | {share} |")
+            label = f"{setting} ({task}'s own policy)" if r.get("task_policy") else setting
+            lines.append(f"| {task} | {label} | {name} | {r['metrics'][name]:.3f} | {depth} | {share} |")
     tasks = scored_tasks(results)
     lines += ["", f"| setting | MiniSUPERB-style score over {', '.join(tasks) or 'no task'} (MFCC = 0, full = 100) |"]
     lines += ["|---|---:|", *(f"| {s} | {v:.1f} |" for s, v in sorted(scores.items(), key=lambda kv: -kv[1]))]
@@ -456,6 +457,7 @@ def run(
                 "mean_depth": depth,
                 "compute_share": None if depth is None else compute_share(model.backbone.config, depth),
                 "policy": policy,
+                "task_policy": setting == "daisy" and task in model.tasks,  # the task's own operating point
             }
             write_json(cached, record)
             results.setdefault(task, {})[setting] = record

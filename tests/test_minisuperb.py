@@ -102,6 +102,8 @@ def test_a_rerun_with_other_settings_trains_only_the_probes_it_has_not_got(tmp_p
     model.set_task_policy("sid", policies.Fixed(layer=2))
     own = run(model, data, dev, tmp_path, reseeded)["results"]["sid"]
     assert own["daisy"]["mean_depth"] == 2.0 and own["daisy"]["policy"] == {"name": "fixed", "layer": 2}
+    assert "| sid | daisy (sid's own policy) | accuracy |" in (tmp_path / "results.md").read_text()
+    assert not first["results"]["sid"]["daisy"]["task_policy"]
     assert [f.name for f in results.iterdir() if f.stat().st_mtime_ns != stamps[f.name]] == ["sid-daisy.json"]
 
 
