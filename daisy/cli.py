@@ -209,7 +209,7 @@ def train_heads_cmd(
     from dataclasses import replace
 
     from daisy.data.sources import load_all, utterances
-    from daisy.pipeline import calibrate_model, prepare_model
+    from daisy.pipeline import calibrate_model, prepare_model, recalibrate_tasks
     from daisy.train_heads import HeadTrainConfig, check_resume, train_heads
 
     try:
@@ -239,8 +239,19 @@ def train_heads_cmd(
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process writes the model
         return
     calibrate_model(early, dev, depth)
+    kept = recalibrate_tasks(early, dev)  # a daisy model's own task policies, for its new heads
     early.save_pretrained(out_dir / "model")
     _report_calibration(out_dir / "model", early)
+    for task in early.tasks:
+        if task not in kept:
+            _report_calibration(out_dir / "model", early, task)
+    if kept:
+        err.print(
+            f"task policies kept as they were (not calibrated budgets): {', '.join(kept)}; their thresholds were "
+            "set for the heads before (`daisy calibrate --task` fits them again)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

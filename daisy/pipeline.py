@@ -60,13 +60,16 @@ def calibrate_model(
     per_layer: bool = False,
     min_layer: int = 1,
     task: str | None = None,
+    entropy: torch.Tensor | None = None,
 ):
     """Entropy thresholds that reach mean exit `depth` on `wavs`, exiting no earlier than `min_layer` (the
     live model then runs no head below it): `model.policy`, or with `task` that task's saved policy (the
-    model's own policy left as it is). Returns the policy."""
+    model's own policy left as it is). `entropy`: the model's trace of `wavs` when already made. Returns
+    the policy."""
     if task is not None:
         check_task_name(task)  # before the trace, which takes a while
-    entropy = trace_scores(model, wavs)["entropy"]
+    if entropy is None:
+        entropy = trace_scores(model, wavs)["entropy"]
     policy = policies.calibrate_budget(entropy, depth, per_layer=per_layer, min_layer=min_layer)
     record = {
         "utterances": len(wavs),
@@ -89,10 +92,24 @@ def calibrate_operating_points(
 ) -> None:
     """The model's default policy at `fraction` of its layers on average, and each task's own policy at its
     share (`task_fractions`, default TASK_DEPTH_FRACTIONS), all calibrated on the held-out `wavs`."""
-    calibrate_model(model, wavs, fraction * model.num_layers)
+    entropy = trace_scores(model, wavs)["entropy"]
+    calibrate_model(model, wavs, fraction * model.num_layers, entropy=entropy)
     own = TASK_DEPTH_FRACTIONS if task_fractions is None else task_fractions
     for task, share in own.items():
-        calibrate_model(model, wavs, share * model.num_layers, task=task)
+        calibrate_model(model, wavs, share * model.num_layers, task=task, entropy=entropy)
+
+
+def recalibrate_tasks(model: EarlyExitHubert, wavs: list[np.ndarray]) -> list[str]:
+    """After the heads have changed, each task's calibrated budget again, to its target depth (and its
+    min_layer, shared or per-layer thresholds) on the held-out `wavs`. Returns the tasks whose policies are
+    not calibrated budgets: they stay as saved, with thresholds set for the heads before."""
+    budgets = {t: model.task_policy(t) for t in model.tasks if isinstance(model.task_policy(t), policies.Budget)}
+    if budgets:
+        entropy = trace_scores(model, wavs)["entropy"]
+        for task, old in budgets.items():
+            per_layer = not isinstance(old.threshold, (int, float))
+            calibrate_model(model, wavs, old.target_depth, per_layer, old.min_layer, task=task, entropy=entropy)
+    return [t for t in model.tasks if t not in budgets]
 
 
 def prepare_model(

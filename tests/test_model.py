@@ -207,6 +207,25 @@ def test_task_policies_round_trip_beside_the_models_own_and_are_chosen_by_name(t
             EarlyExitHubert.from_pretrained(tmp_path / "m")
 
 
+def test_new_heads_get_each_tasks_budget_calibrated_again_and_other_task_policies_kept():
+    from daisy.pipeline import calibrate_model, recalibrate_tasks
+
+    model = random_early_exit()
+    wavs = [w[:n].numpy() for w, n in zip(*varied_batch(8))]
+    before = calibrate_model(model, wavs, 2.5, per_layer=True, min_layer=2, task="asr")
+    model.set_task_policy("sid", policies.Fixed(layer=2))
+    with torch.no_grad():
+        for head in model.heads.heads:  # as if the heads had trained on: other entropies
+            head.weight.mul_(0.3)
+    assert recalibrate_tasks(model, wavs) == ["sid"]
+    after = model.task_policy("asr")
+    assert (after.target_depth, after.min_layer, len(after.threshold)) == (2.5, 2, len(before.threshold))
+    assert after.threshold != before.threshold
+    reached = after.exit_layers(model.trace(*varied_batch(8), keep_states=False).scores).float().mean().item()
+    assert model.config.provenance["task_calibration"]["asr"]["reached_depth"] == pytest.approx(reached, abs=1e-4)
+    assert model.task_policy("sid") == policies.Fixed(layer=2)
+
+
 def test_loading_a_plain_backbone_dir_says_what_is_missing(tmp_path):
     model = random_early_exit()
     model.backbone.save_pretrained(tmp_path)
