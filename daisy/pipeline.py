@@ -103,7 +103,8 @@ def recalibrate_tasks(model: EarlyExitHubert, wavs: list[np.ndarray]) -> list[st
     """After the heads have changed, each task's calibrated budget again, to its target depth (and its
     min_layer, shared or per-layer thresholds) on the held-out `wavs`. Returns the tasks whose policies are
     not calibrated budgets: they stay as saved, with thresholds set for the heads before."""
-    budgets = {t: model.task_policy(t) for t in model.tasks if isinstance(model.task_policy(t), policies.Budget)}
+    saved = {task: model.task_policy(task) for task in model.tasks}
+    budgets = {task: policy for task, policy in saved.items() if isinstance(policy, policies.Budget)}
     if budgets:
         entropy = trace_scores(model, wavs)["entropy"]
         for task, old in budgets.items():
