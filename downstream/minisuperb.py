@@ -163,13 +163,6 @@ def settings(model: EarlyExitHubert, dev_entropy: torch.Tensor, config: MiniSupe
     return out
 
 
-def setting_policy(model: EarlyExitHubert, chosen: dict[str, policies.Policy], task: str, setting: str):
-    """The policy `setting` runs on `task`: DAISY's is the task's own saved policy where there is one."""
-    if setting == "daisy" and task in model.tasks:
-        return model.task_policy(task)
-    return chosen[setting]
-
-
 def _collate(features: Features, idx: list[int], exits: torch.Tensor | None):
     frames = torch.tensor([features.frames[i] for i in idx])
     depth, _, dim = features.states[idx[0]].shape
@@ -432,7 +425,8 @@ def run(
             train_f, test_f = pool[(key, "train")], pool[(key, "test")]
             inputs = hashlib.sha1(f"{train_f.key} {test_f.key} {dev.key}".encode()).hexdigest()
             record = json.loads(cached.read_text()) if cached.is_file() else {}
-            run_policy = None if setting == "mfcc" else setting_policy(model, chosen, task, setting)
+            own = setting == "daisy" and task in model.tasks  # DAISY runs the task's own policy where it has one
+            run_policy = model.task_policy(task) if own else None if setting == "mfcc" else chosen[setting]
             policy = None if run_policy is None else json.loads(json.dumps(run_policy.to_dict()))
             # a cached result counts only for the same probe, policy, model and audio (dev included: it calibrates)
             if record.get("config") == probe_key and record.get("policy") == policy and record.get("inputs") == inputs:
@@ -457,7 +451,7 @@ def run(
                 "mean_depth": depth,
                 "compute_share": None if depth is None else compute_share(model.backbone.config, depth),
                 "policy": policy,
-                "task_policy": setting == "daisy" and task in model.tasks,  # the task's own operating point
+                "task_policy": own,
             }
             write_json(cached, record)
             results.setdefault(task, {})[setting] = record
