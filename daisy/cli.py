@@ -209,7 +209,7 @@ def train_heads_cmd(
     from dataclasses import replace
 
     from daisy.data.sources import load_all, utterances
-    from daisy.pipeline import calibrate_model, prepare_model, recalibrate_tasks
+    from daisy.pipeline import calibrate_model, prepare_model, recalibrate_tasks, trace_scores
     from daisy.train_heads import HeadTrainConfig, check_resume, train_heads
 
     try:
@@ -238,8 +238,9 @@ def train_heads_cmd(
     train_heads(early, train, out_dir, config)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process writes the model
         return
-    calibrate_model(early, dev, depth)
-    kept = recalibrate_tasks(early, dev)  # a daisy model's own task policies, for its new heads
+    entropy = trace_scores(early, dev)["entropy"]  # one trace of the new heads for every calibration
+    calibrate_model(early, dev, depth, entropy=entropy)
+    kept = recalibrate_tasks(early, dev, entropy)  # a daisy model's own task policies, for its new heads
     early.save_pretrained(out_dir / "model")
     _report_calibration(out_dir / "model", early)
     for task in early.tasks:

@@ -99,17 +99,18 @@ def calibrate_operating_points(
         calibrate_model(model, wavs, share * model.num_layers, task=task, entropy=entropy)
 
 
-def recalibrate_tasks(model: EarlyExitHubert, wavs: list[np.ndarray]) -> list[str]:
+def recalibrate_tasks(model: EarlyExitHubert, wavs: list[np.ndarray], entropy: torch.Tensor | None = None) -> list[str]:
     """After the heads have changed, each task's calibrated budget again, to its target depth (and its
-    min_layer, shared or per-layer thresholds) on the held-out `wavs`. Returns the tasks whose policies are
-    not calibrated budgets: they stay as saved, with thresholds set for the heads before."""
+    min_layer, shared or per-layer thresholds) on the held-out `wavs` (`entropy`: their trace by the new heads,
+    when already made). Returns the tasks whose policies are not calibrated budgets: they stay as saved, with
+    thresholds set for the heads before."""
     saved = {task: model.task_policy(task) for task in model.tasks}
     budgets = {task: policy for task, policy in saved.items() if isinstance(policy, policies.Budget)}
-    if budgets:
+    if budgets and entropy is None:
         entropy = trace_scores(model, wavs)["entropy"]
-        for task, old in budgets.items():
-            per_layer = not isinstance(old.threshold, (int, float))
-            calibrate_model(model, wavs, old.target_depth, per_layer, old.min_layer, task=task, entropy=entropy)
+    for task, old in budgets.items():
+        per_layer = not isinstance(old.threshold, (int, float))
+        calibrate_model(model, wavs, old.target_depth, per_layer, old.min_layer, task=task, entropy=entropy)
     return [t for t in model.tasks if t not in budgets]
 
 

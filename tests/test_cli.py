@@ -258,6 +258,26 @@ def test_train_heads_checks_its_options_before_any_work(model_dir, tmp_path, wav
         assert not (tmp_path / "h").exists()
 
 
+def test_train_heads_on_a_daisy_model_calibrates_its_task_budgets_again_and_keeps_the_rest(tmp_path, wavs):
+    from daisy import policies
+    from daisy.targets import TeacherHead
+
+    model = random_early_exit()
+    model.teacher = TeacherHead(model.backbone.hidden_size, 8, 12)  # the heads' targets
+    model.set_task_policy("asr", policies.Budget(threshold=0.5, target_depth=2.0))
+    model.set_task_policy("sid", policies.Fixed(layer=2))
+    model.save_pretrained(tmp_path / "m")
+    args = ["train-heads", "--model", str(tmp_path / "m"), "--data", str(wavs[0].parent), "--out", str(tmp_path / "h")]
+    result = runner.invoke(app, [*args, "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "task policies kept as they were (not calibrated budgets): sid" in result.output
+    trained = EarlyExitHubert.from_pretrained(tmp_path / "h" / "model")
+    calibration = trained.config.provenance["task_calibration"]["asr"]
+    assert (calibration["target_depth"], calibration["utterances"]) == (2.0, 2)  # no dev split: 2 train files
+    assert trained.task_policy("asr").target_depth == 2.0 and trained.task_policy("asr").threshold != 0.5
+    assert trained.task_policy("sid") == policies.Fixed(layer=2)
+
+
 def test_noise_sweep_checks_its_options_before_any_work(model_dir, wavs, tmp_path):
     def run(*options):
         args = ["noise-sweep", "--model", str(model_dir), "--audio", str(wavs[0].parent), "--out", str(tmp_path / "o")]
