@@ -230,6 +230,7 @@ def train_heads_cmd(
         if not 1 <= depth <= early.num_layers:
             raise ValueError(f"--depth {depth:g} outside 1..{early.num_layers} (the model's layers)")
         check_resume(out_dir, early, config)
+        early.require_targets(str(model))
     except (OSError, ValueError) as e:
         fail(str(e))
     if not dev:

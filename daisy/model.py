@@ -294,14 +294,18 @@ class EarlyExitHubert(nn.Module):
         return Trace(out.hidden_states, out.lengths, out.scores)
 
     @torch.no_grad()
+    def require_targets(self, name: str = "this model") -> None:
+        """Raise a clear error where the model lacks what its `targets` setting labels frames with."""
+        if self.config.targets == "teacher" and self.teacher is None:
+            raise ValueError(f"{name} has no pretraining head; use k-means targets (targets='kmeans')")
+        if self.config.targets != "teacher" and self.kmeans is None:
+            raise ValueError(f"{name} has no k-means codebook")
+
     def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """DAISY's targets: the model's own prediction per frame (B, T'), no masking."""
+        self.require_targets()
         if self.config.targets == "teacher":
-            if self.teacher is None:
-                raise ValueError("this model has no pretraining head; use k-means targets (targets='kmeans')")
             return self.teacher(self.backbone.hidden_states(wavs, lengths)[-1])
-        if self.kmeans is None:
-            raise ValueError("this model has no k-means codebook")
         lengths = torch.full((wavs.shape[0],), wavs.shape[1]) if lengths is None else lengths
         # MFCC, this backbone's layer, or (HuBERT iteration 2) a layer of the codebook's source model
         return self.kmeans.targets(wavs, lengths, self.backbone, frames=self.backbone.frame_lengths(lengths))

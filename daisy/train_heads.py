@@ -142,6 +142,7 @@ def train_heads(
     stop_after: int | None = None,
 ) -> EarlyExitHubert:
     """Train `model.heads` in place on `wavs` (float32 16 kHz arrays); checkpoints and log under `out`."""
+    model.require_targets()  # before any work: the shortcut below calls the teacher head directly
     out = Path(out)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world > 1 and not dist.is_initialized():

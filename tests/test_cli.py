@@ -252,6 +252,7 @@ def test_train_heads_checks_its_options_before_any_work(model_dir, tmp_path, wav
         (("--head-input", "middle"), plain, "head_input must be one of"),
         (("--depth", "10"), model_dir, "--depth 10 outside 1..3"),
         (("--depth", "0"), model_dir, "--depth 0 outside 1..3"),
+        ((), model_dir, f"{model_dir} has no pretraining head"),  # its daisy.json says targets: teacher
     ]:
         result = run(*options, model=model)
         assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, options

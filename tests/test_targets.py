@@ -65,11 +65,16 @@ def test_mfcc_separates_tones_and_deltas_follow_change():
     assert deltas(ramp)[2:-2].flatten().tolist() == [1.0] * 6
 
 
-def test_teacher_targets_from_the_full_model():
+def test_teacher_targets_from_the_full_model(tmp_path):
+    from daisy.train_heads import HeadTrainConfig, train_heads
+
     model = random_early_exit()
     wavs, lengths = varied_batch(2)
     with pytest.raises(ValueError, match="no pretraining head"):
         model.teacher_targets(wavs, lengths)
+    with pytest.raises(ValueError, match="no pretraining head"):  # before any step or file
+        train_heads(model, [w.numpy() for w in wavs], tmp_path / "h", HeadTrainConfig.quick())
+    assert not (tmp_path / "h").exists()
     model.teacher = TeacherHead(model.backbone.hidden_size, 8, 12)
     ids = model.teacher_targets(wavs, lengths)
     expected = model.teacher(model.backbone.hidden_states(wavs, lengths)[-1])
