@@ -293,7 +293,6 @@ class EarlyExitHubert(nn.Module):
         out = self._run(wavs, lengths, targets, None, keep_states=keep_states)
         return Trace(out.hidden_states, out.lengths, out.scores)
 
-    @torch.no_grad()
     def require_targets(self, name: str = "this model") -> None:
         """Raise a clear error where the model lacks what its `targets` setting labels frames with."""
         if self.config.targets == "teacher" and self.teacher is None:
@@ -301,6 +300,7 @@ class EarlyExitHubert(nn.Module):
         if self.config.targets != "teacher" and self.kmeans is None:
             raise ValueError(f"{name} has no k-means codebook")
 
+    @torch.no_grad()
     def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """DAISY's targets: the model's own prediction per frame (B, T'), no masking."""
         self.require_targets()
