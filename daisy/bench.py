@@ -151,10 +151,13 @@ def speech(n: int, source: str = "synthetic", seed: int = 0) -> list[np.ndarray]
         return [0.1 * rng.standard_normal(int(rng.uniform(1.5, 4.0) * 16000)).astype(np.float32) for _ in range(n)]
 
 
-def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: int) -> list[dict]:
+def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: int, read_from: int = 1) -> list[dict]:
+    """The timings at batch 1 and 16. `read_from` > 1 also times full depth with the heads a policy reads that
+    exits no earlier than that layer (a model's own policy's `min_layer`): its heads' cost on the full path."""
     entropy = trace_scores(model, wavs)["entropy"]
     budget = policies.calibrate_budget(entropy, depth)
     never = policies.Entropy(threshold=-1.0)  # scores every head, exits nobody early
+    never_from = policies.Entropy(threshold=-1.0, min_layer=read_from)  # the heads from read_from on
     full_depth = policies.Fixed(layer=model.num_layers)
     rows = []
     for batch_size in (1, 16):
@@ -181,9 +184,12 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
             "full_heads": with_policy(never),
             "early_exit": with_policy(budget),
         }
+        if read_from > 1:
+            candidates["policy_heads"] = with_policy(never_from)
         with torch.inference_mode():
             t = interleaved_seconds(candidates, groups, repeats)
             inside = timed_inside(model, never, groups, repeats)
+            inside_from = timed_inside(model, never_from, groups, repeats) if read_from > 1 else None
             model.policy = budget
             outs = [model(p, n, output_hidden_states=False) for p, n in groups]
         exits = torch.cat([o.exit_layers for o in outs]).float()
@@ -196,6 +202,17 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
         overhead = [r - 1 for r in ratio_quartiles(t["full_heads"], t["full"])]
         # time inside the heads over the rest of the same calls: their overhead on the full model, directly
         inside_overhead = ratio_quartiles(inside, [1 - share for share in inside])
+        from_layer = {}
+        if read_from > 1:
+            over = [r - 1 for r in ratio_quartiles(t["policy_heads"], t["full"])]
+            over_inside = ratio_quartiles(inside_from, [1 - share for share in inside_from])
+            from_layer = {
+                "policy_min_layer": read_from,
+                "policy_head_overhead": over[1],
+                "policy_head_overhead_quartiles": [over[0], over[2]],
+                "policy_head_overhead_inside": over_inside[1],
+                "policy_head_overhead_inside_quartiles": [over_inside[0], over_inside[2]],
+            }
         rows.append(
             {
                 "batch": batch_size,
@@ -214,6 +231,7 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
                 "ideal_speedup": ideal,
                 "speedup_vs_ideal": speedup[1] / ideal,
                 "macs_share": compute_share(model.backbone.config, mean_depth),
+                **from_layer,
             }
         )
     return rows
@@ -248,6 +266,10 @@ COLUMNS = {
     "speedup/ideal": lambda r: f"{r['speedup_vs_ideal']:.2f}",
     "MAC share": lambda r: f"{r['macs_share']:.2f}",
 }
+POLICY_HEAD_COLUMNS = {  # where the model's own policy reads no head below its min_layer
+    "policy's heads overhead (quartiles)": _with_quartiles("policy_head_overhead", _percent),
+    "policy's heads, timed inside (quartiles)": _with_quartiles("policy_head_overhead_inside", _percent),
+}
 
 
 def benchmark(
@@ -272,16 +294,21 @@ def benchmark(
     wavs = speech(utterances, audio)
     if model_dir is None:
         spread_like_trained(model, wavs[0])
-    rows = run(model, wavs, depth or model.num_layers / 2, repeats)
+    read_from = getattr(model.policy, "min_layer", 1) if model_dir else 1
+    rows = run(model, wavs, depth or model.num_layers / 2, repeats, read_from)
+    columns = {**COLUMNS, **(POLICY_HEAD_COLUMNS if read_from > 1 else {})}
     table = Table(
         title=f"early exit vs full model ({model.num_layers} layers, {len(wavs)} utterances, "
-        f"{torch.get_num_threads()} threads)"
+        f"{torch.get_num_threads()} threads)",
+        caption=f"policy's heads: those its own policy reads (layers {read_from}..{model.num_layers - 1})"
+        if read_from > 1
+        else None,
     )
-    for name in COLUMNS:
+    for name in columns:
         table.add_column(name, justify="right")
     for r in rows:
-        table.add_row(*(cell(r) for cell in COLUMNS.values()))
-    Console(width=200).print(table)
+        table.add_row(*(cell(r) for cell in columns.values()))
+    Console(width=250).print(table)
     if json_path:
         from daisy.io import write_json
 

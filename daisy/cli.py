@@ -264,6 +264,9 @@ def calibrate(
     compute: float = typer.Option(None, help="target share of full-model compute (0..1), instead of --depth"),
     per_layer: bool = typer.Option(False, help="one threshold per layer (same quantile) instead of one shared"),
     min_layer: int = typer.Option(1, help="no exit before this layer; the heads below it are not run"),
+    rare_exits: float = typer.Option(  # = daisy.pipeline.RARE_EXITS, not imported: the CLI loads torch lazily
+        0.05, help="raise --min-layer past layers below which at most this share of the audio would exit; 0: off"
+    ),
     task: str = typer.Option(
         None, help="save the thresholds as this task's own policy (e.g. asr), leaving the model's policy as it is"
     ),
@@ -282,7 +285,7 @@ def calibrate(
         wavs = load_all(utterances(data, "dev", quick) or utterances(data, None, quick))
         if compute is not None:
             depth = depth_for_share(early.backbone.config, compute)
-        calibrate_model(early, wavs, depth, per_layer=per_layer, min_layer=min_layer, task=task)
+        calibrate_model(early, wavs, depth, per_layer, min_layer, task, rare_exits=rare_exits)
     except (OSError, ValueError) as e:
         fail(str(e))
     early.save_pretrained(model, dtype=stored_dtype(model))

@@ -152,14 +152,31 @@ class Budget(Entropy):
     name = "budget"
 
 
-def calibrate_budget(entropy: torch.Tensor, target_depth: float, per_layer: bool = False, min_layer: int = 1) -> Budget:
+def calibrate_budget(
+    entropy: torch.Tensor, target_depth: float, per_layer: bool = False, min_layer: int = 1, rare_exits: float = 0.0
+) -> Budget:
     """Entropy thresholds whose mean exit depth on held-out traces `entropy` (N, L) is closest to
     `target_depth` (in layers) from below, with no exit before `min_layer`.
 
     One shared threshold is found by bisection over the observed entropies (mean depth falls
     monotonically as the threshold rises). `per_layer` instead uses, at every layer, the same
     quantile of that layer's entropies, which balances exits across layers.
+
+    `rare_exits`: where at most this share of the utterances would exit below some layer k (k no deeper
+    than the target), calibrate again with `min_layer` k: the live model then runs no head below k, whose
+    cost every utterance pays for the few that would have exited there. 0 (the default) keeps `min_layer`.
     """
+    if not 0 <= rare_exits < 1:
+        raise ValueError(f"rare_exits is a share of the utterances, in 0..1, got {rare_exits}")
+    policy = _bisect_budget(entropy, target_depth, per_layer, min_layer)
+    exits = policy.exit_layers({"entropy": entropy})
+    raised = min_layer
+    while rare_exits > 0 and raised + 1 <= target_depth and (exits < raised + 1).float().mean().item() <= rare_exits:
+        raised += 1
+    return policy if raised == min_layer else _bisect_budget(entropy, target_depth, per_layer, raised)
+
+
+def _bisect_budget(entropy: torch.Tensor, target_depth: float, per_layer: bool, min_layer: int) -> Budget:
     num_layers = entropy.shape[1]
     if not 1 <= min_layer <= num_layers:
         raise ValueError(f"min_layer {min_layer} outside 1..{num_layers}")

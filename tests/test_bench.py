@@ -83,4 +83,7 @@ def test_time_inside_the_heads_is_measured_and_the_model_left_as_it_was(monkeypa
         shares = timed_inside(model, never, groups, repeats=2)
     heads = model.num_layers - 1  # no head runs after the last layer, where everyone exits
     assert shares == [pytest.approx(3 * heads / (3 * heads + model.num_layers))] * 2
+    with torch.inference_mode():  # a policy that exits no earlier than layer 2 runs no head below it
+        shares = timed_inside(model, policies.Entropy(threshold=-1.0, min_layer=2), groups, repeats=2)
+    assert shares == [pytest.approx(3 * (heads - 1) / (3 * (heads - 1) + model.num_layers))] * 2
     assert "scores" not in vars(model.heads) and model.policy is own and "decide" not in vars(never)

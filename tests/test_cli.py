@@ -1,7 +1,8 @@
 """The daisy command line: outputs, JSON, one-line errors naming the file, exit codes."""
 
+import inspect
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ from typer.testing import CliRunner
 
 from conftest import random_early_exit
 from daisy import audio
-from daisy.cli import app
+from daisy.cli import app, calibrate
 from daisy.model import EarlyExitHubert, stored_dtype
+from daisy.pipeline import RARE_EXITS
 from daisy.pretrain import PretrainConfig
 from daisy.targets import KMeansTargets
 
@@ -131,12 +133,22 @@ def test_calibrate_writes_the_budget_into_the_model(model_dir, tmp_path, wavs):
     assert f"mean exit depth {calibration['reached_depth']:.2f} of 3 layers on 2 held-out utterances" in " ".join(
         runner.invoke(app, args).output.split()
     )
+    # depth L: nobody exits before the last layer, so no head need run (the default --rare-exits)
+    assert runner.invoke(app, [*args[:-3], "3"]).exit_code == 0
+    saved = json.loads((model_dir / "daisy.json").read_text())
+    assert saved["policy"]["min_layer"] == 3 and saved["provenance"]["calibration"]["rare_exits"] == RARE_EXITS
+    assert runner.invoke(app, [*args[:-3], "3", "--rare-exits", "0"]).exit_code == 0
+    assert json.loads((model_dir / "daisy.json").read_text())["policy"]["min_layer"] == 1
+    result = runner.invoke(app, [*args, "--rare-exits", "1"])
+    assert result.exit_code == 1 and "rare_exits is a share of the utterances, in 0..1, got 1.0" in result.output
+    assert inspect.signature(calibrate).parameters["rare_exits"].default.default == RARE_EXITS  # one default
 
 
 def test_calibrate_task_saves_that_tasks_policy_and_exit_info_and_noise_sweep_use_it(model_dir, tmp_path, wavs):
     EarlyExitHubert.from_pretrained(model_dir).save_pretrained(model_dir, dtype=torch.float16)
     own = json.loads((model_dir / "daisy.json").read_text())["policy"]
-    args = ["calibrate", "--model", str(model_dir), "--data", str(tmp_path), "--depth", "3", "--task", "asr"]
+    args = ["calibrate", "--model", str(model_dir), "--data", str(tmp_path), "--rare-exits", "0"]
+    args += ["--depth", "3", "--task", "asr"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     saved = json.loads((model_dir / "daisy.json").read_text())
@@ -207,6 +219,18 @@ def test_bench_times_a_model_on_a_folder_and_writes_consistent_ratios(model_dir,
             assert r[f"{key}_quartiles"] == pytest.approx([r[key]] * 2)
         assert r["speedup_vs_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
         assert 1 <= r["mean_depth"] <= r["num_layers"] and 0 < r["macs_share"] <= 1
+        assert "policy_head_overhead" not in r  # its policy reads every head
+    model = EarlyExitHubert.from_pretrained(model_dir)
+    model.policy = replace(model.policy, min_layer=2)
+    model.save_pretrained(model_dir)
+    result = runner.invoke(app, ["bench", *args, "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "policy's heads: those its own policy reads (layers 2..2)" in " ".join(result.output.split())
+    for r in json.loads(out.read_text())["rows"]:  # the heads it reads, timed on the full path too
+        assert (
+            r["policy_min_layer"] == 2
+            and r["policy_head_overhead_inside_quartiles"] == [r["policy_head_overhead_inside"]] * 2
+        )
     missing = runner.invoke(app, ["bench", "--model", str(model_dir), "--audio", str(tmp_path / "nowhere")])
     assert missing.exit_code != 0 and "nowhere" in missing.output
     no_threads = runner.invoke(app, ["bench", "--model", str(model_dir), "--threads", "0"])

@@ -66,6 +66,22 @@ def test_budget_calibration_with_a_min_layer_never_exits_below_it():
         policies.calibrate_budget(entropy, 2.0, min_layer=3)
 
 
+def test_budget_calibration_skips_the_heads_of_layers_where_exits_are_rare():
+    torch.manual_seed(0)
+    entropy = torch.rand(200, 6).cumsum(1).flip(1)
+    plain = policies.calibrate_budget(entropy, 3.5)
+    exits = plain.exit_layers({"entropy": entropy})
+    assert plain.min_layer == 1 and (exits == 1).sum() == 8 and (exits <= 2).sum() == 41  # 4 %, then 20.5 %
+    for rare, min_layer in [(0.03, 1), (0.05, 2), (0.2, 2), (0.25, 3)]:
+        budget = policies.calibrate_budget(entropy, 3.5, rare_exits=rare)
+        depth = budget.exit_layers({"entropy": entropy}).float()
+        assert budget.min_layer == min_layer and depth.min() >= min_layer, rare
+        assert 3.25 <= depth.mean().item() <= 3.5 and not budget.reads(min_layer - 1)
+    assert policies.calibrate_budget(entropy, 3.5, min_layer=2, rare_exits=0.99).min_layer == 3  # up to the target
+    with pytest.raises(ValueError, match="rare_exits is a share of the utterances, in 0..1, got 1.5"):
+        policies.calibrate_budget(entropy, 3.5, rare_exits=1.5)
+
+
 def test_policies_round_trip_through_dicts():
     for policy in [
         policies.Entropy(threshold=[1.0, 2.0]),
