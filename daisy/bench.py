@@ -272,6 +272,10 @@ POLICY_HEAD_COLUMNS = {  # where the model's own policy reads no head below its 
 }
 
 
+def _layers_from(first: int, model: EarlyExitHubert) -> str:
+    return f"layers {first}..{model.num_layers - 1}" if first < model.num_layers else "none: it runs every layer"
+
+
 def benchmark(
     model_dir: str | None = None,
     preset: str = "tiny",
@@ -300,9 +304,9 @@ def benchmark(
     table = Table(
         title=f"early exit vs full model ({model.num_layers} layers, {len(wavs)} utterances, "
         f"{torch.get_num_threads()} threads)",
-        caption=f"policy's heads: those its own policy reads (layers {read_from}..{model.num_layers - 1})"
-        if read_from > 1
-        else None,
+        caption=None
+        if read_from == 1
+        else f"policy's heads: those its own policy reads ({_layers_from(read_from, model)})",
     )
     for name in columns:
         table.add_column(name, justify="right")
