@@ -199,19 +199,11 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
         t_front, t_full = (statistics.median(t[k]) for k in ("front_end", "full"))
         ideal = t_full / (t_front + weighted_depth / model.num_layers * (t_full - t_front))
         speedup = ratio_quartiles(t["full"], t["early_exit"])
-        overhead = [r - 1 for r in ratio_quartiles(t["full_heads"], t["full"])]
-        # time inside the heads over the rest of the same calls: their overhead on the full model, directly
-        inside_overhead = ratio_quartiles(inside, [1 - share for share in inside])
         from_layer = {}
         if read_from > 1:
-            over = [r - 1 for r in ratio_quartiles(t["policy_heads"], t["full"])]
-            over_inside = ratio_quartiles(inside_from, [1 - share for share in inside_from])
             from_layer = {
                 "policy_min_layer": read_from,
-                "policy_head_overhead": over[1],
-                "policy_head_overhead_quartiles": [over[0], over[2]],
-                "policy_head_overhead_inside": over_inside[1],
-                "policy_head_overhead_inside_quartiles": [over_inside[0], over_inside[2]],
+                **_head_overheads("policy_", t["policy_heads"], t["full"], inside_from),
             }
         rows.append(
             {
@@ -221,10 +213,7 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
                 "mean_depth": mean_depth,
                 "frame_weighted_depth": weighted_depth,
                 "num_layers": model.num_layers,
-                "head_overhead": overhead[1],
-                "head_overhead_quartiles": [overhead[0], overhead[2]],
-                "head_overhead_inside": inside_overhead[1],
-                "head_overhead_inside_quartiles": [inside_overhead[0], inside_overhead[2]],
+                **_head_overheads("", t["full_heads"], t["full"], inside),
                 "full_vs_reference": ratio_quartiles(t["full"], t["reference"])[1],
                 "speedup": speedup[1],
                 "speedup_quartiles": [speedup[0], speedup[2]],
@@ -235,6 +224,20 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
             }
         )
     return rows
+
+
+def _head_overheads(prefix: str, with_heads: list[float], full: list[float], inside: list[float]) -> dict:
+    """The heads' overhead on the full model two ways, each a median with its quartiles: the paired ratio of
+    times with and without them, and (`inside`: per round, the share of the time spent in head scoring and
+    decisions) the time inside them over the rest of the same calls, a direct measure."""
+    paired = [r - 1 for r in ratio_quartiles(with_heads, full)]
+    direct = ratio_quartiles(inside, [1 - share for share in inside])
+    return {
+        f"{prefix}head_overhead": paired[1],
+        f"{prefix}head_overhead_quartiles": [paired[0], paired[2]],
+        f"{prefix}head_overhead_inside": direct[1],
+        f"{prefix}head_overhead_inside_quartiles": [direct[0], direct[2]],
+    }
 
 
 def _milliseconds(key: str):
