@@ -169,9 +169,11 @@ def calibrate_budget(
     if not 0 <= rare_exits < 1:
         raise ValueError(f"rare_exits is a share of the utterances, in 0..1, got {rare_exits}")
     policy = _bisect_budget(entropy, target_depth, per_layer, min_layer)
+    if rare_exits == 0:
+        return policy
     exits = policy.exit_layers({"entropy": entropy})
     raised = min_layer
-    while rare_exits > 0 and raised + 1 <= target_depth and (exits < raised + 1).float().mean().item() <= rare_exits:
+    while raised + 1 <= target_depth and (exits < raised + 1).float().mean().item() <= rare_exits:
         raised += 1
     return policy if raised == min_layer else _bisect_budget(entropy, target_depth, per_layer, raised)
 
