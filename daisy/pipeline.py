@@ -82,6 +82,7 @@ def calibrate_model(
         "reached_depth": round(policy.exit_layers({"entropy": entropy}).float().mean().item(), 4),
         "per_layer": per_layer,
         "min_layer": policy.min_layer,
+        "requested_min_layer": min_layer,  # what a recalibration asks again (min_layer is after the rare rule)
         "rare_exits": rare_exits,
     }
     if task is None:
@@ -106,17 +107,21 @@ def calibrate_operating_points(
 
 
 def recalibrate_tasks(model: EarlyExitHubert, wavs: list[np.ndarray], entropy: torch.Tensor | None = None) -> list[str]:
-    """After the heads have changed, each task's calibrated budget again, to its target depth (and its
-    min_layer as it was, shared or per-layer thresholds) on the held-out `wavs` (`entropy`: their trace by
-    the new heads, when already made). Returns the tasks whose policies are not calibrated budgets: they
-    stay as saved, with thresholds set for the heads before."""
+    """After the heads have changed, each task's calibrated budget again, as it was asked for (its target
+    depth, shared or per-layer thresholds, and the min_layer and rare-exits rule its calibration recorded)
+    on the held-out `wavs` (`entropy`: their trace by the new heads, when already made). Returns the tasks
+    whose policies are not calibrated budgets: they stay as saved, with thresholds set for the heads before."""
     saved = {task: model.task_policy(task) for task in model.tasks}
     budgets = {task: policy for task, policy in saved.items() if isinstance(policy, policies.Budget)}
     if budgets and entropy is None:
         entropy = trace_scores(model, wavs)["entropy"]
+    recorded = model.config.provenance.get("task_calibration", {})
     for task, old in budgets.items():
         per_layer = not isinstance(old.threshold, (int, float))
-        calibrate_model(model, wavs, old.target_depth, per_layer, old.min_layer, task, entropy, rare_exits=0.0)
+        # a policy saved without that record (set by hand, or by an older version) keeps its min_layer as is
+        asked = recorded.get(task, {})
+        min_layer, rare_exits = asked.get("requested_min_layer", old.min_layer), asked.get("rare_exits", 0.0)
+        calibrate_model(model, wavs, old.target_depth, per_layer, min_layer, task, entropy, rare_exits=rare_exits)
     return [t for t in model.tasks if t not in budgets]
 
 

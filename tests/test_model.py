@@ -226,6 +226,21 @@ def test_new_heads_get_each_tasks_budget_calibrated_again_and_other_task_policie
     assert model.task_policy("sid") == policies.Fixed(layer=2)
 
 
+def test_new_heads_get_each_tasks_budget_calibrated_as_it_was_asked_for_rare_exits_included():
+    from daisy.pipeline import calibrate_model, recalibrate_tasks
+
+    model = random_early_exit()
+    wavs = [w[:n].numpy() for w, n in zip(*varied_batch(8))]
+    assert calibrate_model(model, wavs, 2.5, task="asr", rare_exits=0.99).min_layer == 2  # raised up to the target
+    with torch.no_grad():
+        for head in model.heads.heads:
+            head.weight.mul_(0.3)
+    recalibrate_tasks(model, wavs)
+    record = model.config.provenance["task_calibration"]["asr"]
+    assert (record["requested_min_layer"], record["min_layer"], record["rare_exits"]) == (1, 2, 0.99)
+    assert model.task_policy("asr").min_layer == 2
+
+
 def test_loading_a_plain_backbone_dir_says_what_is_missing(tmp_path):
     model = random_early_exit()
     model.backbone.save_pretrained(tmp_path)
