@@ -5,7 +5,9 @@ the state the layer before it leaves (caches, idle threads), not its own work. T
 utterance alone at full depth with every head scored (the heads-overhead setting of `daisy bench`),
 records each head call's time and inputs, then replays the same calls back to back, warm, and prints
 both totals as a share of the rest of the forward. The replayed share is what the heads' own work
-costs; the difference is what interleaving them with the layers adds.
+costs; the difference is what interleaving them with the layers adds. The calls are replayed once
+more with torch's intra-op threads set to 1 around each call: whether the heads would gain by running
+their small kernels on one thread while the layers keep theirs.
 
     python benchmarks/heads_alone.py [--model DIR] [--audio synthetic|DIR] [--utterances 32]
         [--rounds 3] [--threads N] [--json FILE]
@@ -48,12 +50,17 @@ def measure(model, wavs, rounds: int) -> dict:
                 if best is None or rest < best[1]:
                     best = (inside, rest, list(calls))
             inside, rest, kept = best
-            alone = 0.0
-            for _, args, kwargs in kept:
-                score(*args, **kwargs)  # warm: the call just ran
-                start = time.perf_counter()
-                score(*args, **kwargs)
-                alone += time.perf_counter() - start
+            alone = replay(score, kept)
+            threads = torch.get_num_threads()
+
+            def one_thread(*args, **kwargs):
+                torch.set_num_threads(1)
+                try:
+                    return score(*args, **kwargs)
+                finally:
+                    torch.set_num_threads(threads)
+
+            alone_one_thread = replay(one_thread, kept)
     finally:
         del model.heads.scores
         model.policy = previous
@@ -66,7 +73,20 @@ def measure(model, wavs, rounds: int) -> dict:
         "alone_s": alone,
         "inside_share": inside / rest,
         "alone_share": alone / rest,
+        "alone_one_thread_s": alone_one_thread,
+        "alone_one_thread_share": alone_one_thread / rest,
     }
+
+
+def replay(score, calls: list) -> float:
+    """Total time of `calls` run again through `score`, each timed on its second run (warm)."""
+    total = 0.0
+    for _, args, kwargs in calls:
+        score(*args, **kwargs)
+        start = time.perf_counter()
+        score(*args, **kwargs)
+        total += time.perf_counter() - start
+    return total
 
 
 def main() -> None:
@@ -94,7 +114,8 @@ def main() -> None:
     print(
         f"{result['head_calls']} head calls over {result['utterances']} utterances, batch 1, "
         f"{result['threads']} thread(s): inside the forward {100 * result['inside_share']:+.2f} % of the rest, "
-        f"the same calls alone {100 * result['alone_share']:+.2f} %"
+        f"the same calls alone {100 * result['alone_share']:+.2f} %, "
+        f"alone on 1 thread each {100 * result['alone_one_thread_share']:+.2f} %"
     )
     if args.json:
         write_json(args.json, result)

@@ -35,3 +35,5 @@ def test_replays_each_head_call_of_the_live_forward(tmp_path):
     assert result["threads"] == 1
     assert result["inside_s"] > 0 and result["alone_s"] > 0 and result["rest_s"] > 0
     assert result["inside_share"] == result["inside_s"] / result["rest_s"]
+    assert result["alone_one_thread_s"] > 0
+    assert result["alone_one_thread_share"] == result["alone_one_thread_s"] / result["rest_s"]
