@@ -265,7 +265,7 @@ def calibrate(
     per_layer: bool = typer.Option(False, help="one threshold per layer (same quantile) instead of one shared"),
     min_layer: int = typer.Option(1, help="no exit before this layer; the heads below it are not run"),
     rare_exits: float = typer.Option(  # = daisy.pipeline.RARE_EXITS, not imported: the CLI loads torch lazily
-        0.05, help="raise --min-layer past layers below which at most this share of the audio would exit; 0: off"
+        0.1, help="raise --min-layer past layers below which at most this share of the audio would exit; 0: off"
     ),
     task: str = typer.Option(
         None, help="save the thresholds as this task's own policy (e.g. asr), leaving the model's policy as it is"
