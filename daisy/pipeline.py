@@ -53,8 +53,8 @@ def trace_scores(model: EarlyExitHubert, wavs: list[np.ndarray], batch_size: int
 TASK_DEPTH_FRACTIONS = {"asr": 0.95}
 # Calibrations run no head below the layer under which at most this share of the held-out audio would exit:
 # every utterance pays for every head read. 0.1 keeps the heads within 3 % of the shipped model at batch 1
-# (it reads heads 3-5 instead of 1-5) with exits still rising with noise and SID and SE unmoved beyond probe
-# noise (docs/results.md, "Heads the policy never needs")
+# (its policy reads heads 3-5; 0.05 read 2-5, 3.5 %) with exits still rising with noise and SID and SE
+# unmoved beyond probe noise (docs/results.md, "Heads the policy never needs")
 RARE_EXITS = 0.1
 
 
