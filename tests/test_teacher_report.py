@@ -108,6 +108,19 @@ def test_the_shipped_model_and_its_card_carry_asrs_own_operating_point(tmp_path)
     assert "Policy for" not in (tmp_path / "old.md").read_text()
 
 
+def test_the_shipped_model_was_calibrated_under_the_current_rare_exits_rule():
+    from daisy.model import EarlyExitHubert
+    from daisy.pipeline import RARE_EXITS
+
+    model = EarlyExitHubert.from_pretrained("daisy/assets/hubert-tiny-synth")
+    provenance = model.config.provenance
+    records = {None: provenance["calibration"], **provenance["task_calibration"]}
+    assert set(records) == {None, *model.tasks}
+    for task, record in records.items():  # a changed default needs `daisy ship` again (and its figures)
+        policy = model.policy if task is None else model.task_policy(task)
+        assert record["rare_exits"] == RARE_EXITS and record["min_layer"] == policy.min_layer
+
+
 def test_speaker_levels_compare_the_spread_between_and_within_speakers():
     from daisy.levels import speaker_levels
 
