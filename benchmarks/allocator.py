@@ -40,8 +40,8 @@ def measure(model_dir: str, audio: str, utterances: int, rounds: int) -> dict:
     import torch
 
     from daisy import policies
-    from daisy.bench import load_model, speech
-    from daisy.pipeline import batches
+    from daisy.analysis.speed import load_model, speech
+    from daisy.data.batching import batches
 
     model = load_model(model_dir)
     policy = model.policy
@@ -81,7 +81,7 @@ def run_worker(setting: str, model_dir: str, audio: str, utterances: int, rounds
 
 def compare(runs: dict[str, list[dict]]) -> list[dict]:
     """Per row: heap / system time (median and quartiles over pairs), best times, faults and kernel time."""
-    from daisy.bench import ratio_quartiles
+    from daisy.analysis.speed import ratio_quartiles
 
     rows = []
     for name in runs["system"][0]["rows"]:
@@ -106,7 +106,7 @@ def main(
     if not sys.platform.startswith("linux"):
         raise SystemExit("these are settings of glibc's malloc: Linux only")
     if model is None:
-        from daisy.demo import SHIPPED, shipped_model
+        from daisy.apps.demo import SHIPPED, shipped_model
 
         model = shipped_model()
         if model is None:

@@ -101,8 +101,8 @@ def main() -> None:
 
     import torch
 
-    from daisy.bench import speech
-    from daisy.demo import shipped_model
+    from daisy.analysis.speed import speech
+    from daisy.apps.demo import shipped_model
     from daisy.io import write_json
     from daisy.model import EarlyExitHubert
 

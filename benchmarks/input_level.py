@@ -32,10 +32,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
 
+    from daisy.analysis.input_levels import exits_at_gains, markdown_table, speaker_levels
+    from daisy.apps.demo import shipped_model
     from daisy.data.sources import load_all, utterances
-    from daisy.demo import shipped_model
     from daisy.io import write_json
-    from daisy.levels import exits_at_gains, markdown_table, speaker_levels
     from daisy.model import EarlyExitHubert
 
     model = EarlyExitHubert.from_pretrained(args.model or shipped_model())

@@ -28,14 +28,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from daisy import noise_sweep as ns
+from daisy.analysis import noise_sweep as ns
+from daisy.analysis.input_levels import exits_at_gains
+from daisy.analysis.teacher_report import masked_prediction
+from daisy.calibration import calibrate_model
 from daisy.data.sources import load_all, utterances
 from daisy.io import write_json
-from daisy.levels import exits_at_gains
-from daisy.pipeline import calibrate_model, prepare_model
-from daisy.pretrain import PretrainConfig, pretrain
-from daisy.teacher_report import masked_prediction
-from daisy.train_heads import HeadTrainConfig, train_heads
+from daisy.training.pretrain import PretrainConfig, pretrain
+from daisy.training.train_heads import HeadTrainConfig, prepare_model, train_heads
 
 RECIPES = {
     "plain": {"noise_prob": 0.0, "pred_nomask_weight": 0.0},

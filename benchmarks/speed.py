@@ -1,4 +1,4 @@
-"""Wall-clock cost of early exit against the full model, measured in one run (see `daisy.bench`).
+"""Wall-clock cost of early exit against the full model, measured in one run (see `daisy.analysis.speed`).
 
     python benchmarks/speed.py [--model DIR | --preset base --classes 500] [--audio synthetic|DIR] [--depth 3.0]
         [--utterances 32] [--repeats 5] [--json FILE]
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from daisy.cli import app
+from daisy.apps.cli import app
 
 if __name__ == "__main__":
     app(["bench", *sys.argv[1:]])

@@ -24,6 +24,7 @@ import torch
 
 from daisy import policies
 from daisy.compute import compute_share
+from daisy.data.batching import batches
 from daisy.downstream import metrics
 from daisy.downstream.featurizer import MODES, WeightedSum
 from daisy.downstream.probes import CharVocab, CTCProbe, EnhancementProbe, SeparationProbe, SIDProbe
@@ -31,7 +32,6 @@ from daisy.downstream.tasks import SYNTHETIC_SOURCES, TASKS, TaskData
 from daisy.features import mfcc
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
-from daisy.pipeline import batches
 from daisy.progress import progress
 
 PRIMARY = {"asr": ("cer", False), "sid": ("accuracy", True), "se": ("pesq", True), "ss": ("si_sdri", True)}

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from daisy.data.corpus import load_manifest
-from daisy.pretrain import PretrainConfig, pretrain
-from daisy.train_heads import HeadTrainConfig, train_heads
+from daisy.training.pretrain import PretrainConfig, pretrain
+from daisy.training.train_heads import HeadTrainConfig, train_heads
 
 corpus, out = Path(sys.argv[1]), Path(sys.argv[2])
 rank = int(os.environ["RANK"])
@@ -17,7 +17,7 @@ config = PretrainConfig.quick()
 config.steps, config.checkpoint_every, config.batch_size, config.num_classes = 4, 2, 2, 10
 model_dir = pretrain(utts, out / "pretrain", config)
 
-from daisy.pipeline import prepare_model  # noqa: E402
+from daisy.training.train_heads import prepare_model  # noqa: E402
 
 early = prepare_model(model_dir)
 heads_config = HeadTrainConfig(steps=3, batch_size=2, checkpoint_every=10)

@@ -1,4 +1,4 @@
-"""daisy.bench helpers: turn-taking timing, paired ratios and realistic random heads."""
+"""daisy.analysis.speed helpers: turn-taking timing, paired ratios and realistic random heads."""
 
 import types
 
@@ -8,7 +8,7 @@ import torch
 
 from conftest import random_early_exit
 from daisy import policies
-from daisy.bench import (
+from daisy.analysis.speed import (
     TRAINED_LOGIT_STD,
     _with_quartiles,
     interleaved_seconds,
@@ -61,10 +61,10 @@ def test_random_heads_get_the_logit_spread_of_trained_ones(head_input, head_rank
 
 def test_time_inside_the_heads_is_measured_and_the_model_left_as_it_was(monkeypatch):
     """On a fake clock where each layer takes 1 and each head call 3, the share inside is exact."""
-    import daisy.bench
+    import daisy.analysis.speed
 
     clock = [0.0]
-    monkeypatch.setattr(daisy.bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(daisy.analysis.speed, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     model = random_early_exit()
     never, own = policies.Entropy(threshold=-1.0), model.policy
     layer, scores = model.backbone.layer, ExitHeads.scores

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from conftest import random_early_exit
 from daisy import audio
-from daisy.cli import app, calibrate
+from daisy.apps.cli import app, calibrate
+from daisy.calibration import RARE_EXITS
 from daisy.model import EarlyExitHubert, stored_dtype
-from daisy.pipeline import RARE_EXITS
-from daisy.pretrain import PretrainConfig
 from daisy.targets import KMeansTargets
+from daisy.training.pretrain import PretrainConfig
 
 runner = CliRunner()
 

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from daisy.demo import DemoConfig, run_demo, shipped_recipe
+from daisy.apps.demo import DemoConfig, run_demo, shipped_recipe
 
 
 def test_quick_demo_writes_the_report_and_reruns_cheaply(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from daisy import audio
-from daisy.cli import app
+from daisy.apps.cli import app
 from daisy.downstream.minisuperb import MiniSuperbConfig, run
 from daisy.downstream.tasks import corpus_tasks, parse_corpus_paths
 

@@ -208,7 +208,7 @@ def test_task_policies_round_trip_beside_the_models_own_and_are_chosen_by_name(t
 
 
 def test_new_heads_get_each_tasks_budget_calibrated_again_and_other_task_policies_kept():
-    from daisy.pipeline import calibrate_model, recalibrate_tasks
+    from daisy.calibration import calibrate_model, recalibrate_tasks
 
     model = random_early_exit()
     wavs = [w[:n].numpy() for w, n in zip(*varied_batch(8))]
@@ -227,7 +227,7 @@ def test_new_heads_get_each_tasks_budget_calibrated_again_and_other_task_policie
 
 
 def test_new_heads_get_each_tasks_budget_calibrated_as_it_was_asked_for_rare_exits_included():
-    from daisy.pipeline import calibrate_model, recalibrate_tasks
+    from daisy.calibration import calibrate_model, recalibrate_tasks
 
     model = random_early_exit()
     wavs = [w[:n].numpy() for w, n in zip(*varied_batch(8))]
@@ -344,7 +344,7 @@ def test_a_low_rank_head_is_the_product_of_its_two_factors_and_round_trips(tmp_p
 def test_batches_name_a_too_short_array_by_its_index():
     import numpy as np
 
-    from daisy.pipeline import batches
+    from daisy.data.batching import batches
 
     arrays = [np.zeros(1000, np.float32), np.zeros(300), np.zeros(800), np.zeros(50)]
     with pytest.raises(ValueError, match=r"wavs\[1\] \(300 samples\), wavs\[3\] \(50 samples\)"):

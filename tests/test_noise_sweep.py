@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from conftest import random_early_exit
 from daisy import audio
-from daisy import noise_sweep as ns
-from daisy.cli import app
+from daisy.analysis import noise_sweep as ns
+from daisy.apps.cli import app
 
 
 def test_snr_list_parsing():

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from conftest import random_early_exit
 from daisy import audio
-from daisy import noise_sweep as ns
-from daisy import sweep_quality as sq
-from daisy.cli import app
+from daisy.analysis import asr_per_snr as sq
+from daisy.analysis import noise_sweep as ns
+from daisy.apps.cli import app
 
 
 def test_training_audio_is_multi_condition_within_the_sweep_range():

@@ -1,4 +1,4 @@
-"""daisy.synth: deterministic offline English speech from espeak-ng, mono float32 at 16 kHz."""
+"""daisy.data.synth: deterministic offline English speech from espeak-ng, mono float32 at 16 kHz."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 if importlib.util.find_spec("espeakng_loader") is None and shutil.which("espeak-ng") is None:
     pytest.skip("needs espeak-ng: `pip install espeakng-loader` or an espeak-ng executable", allow_module_level=True)
 
-from daisy.synth import (  # noqa: E402
+from daisy.data.synth import (  # noqa: E402
     BREATHY_VARIANTS,
     SAMPLE_RATE,
     Voice,

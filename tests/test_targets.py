@@ -66,7 +66,7 @@ def test_mfcc_separates_tones_and_deltas_follow_change():
 
 
 def test_teacher_targets_from_the_full_model(tmp_path):
-    from daisy.train_heads import HeadTrainConfig, train_heads
+    from daisy.training.train_heads import HeadTrainConfig, train_heads
 
     model = random_early_exit()
     wavs, lengths = varied_batch(2)

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from conftest import random_early_exit
-from daisy.model_card import per_feature, probe_table
-from daisy.teacher_report import char_probe, frame_layers
+from daisy.analysis.teacher_report import char_probe, frame_layers
+from daisy.apps.ship import per_feature, probe_table
 
 
 def synthetic_char_task(n: int, seed: int, dim: int = 8):
@@ -56,9 +56,9 @@ def test_frame_layers_of_a_model_feed_the_probe_and_the_card(tmp_path):
 def test_input_level_rows_and_the_card_say_whether_the_level_matters(tmp_path):
     import json
 
-    from daisy.levels import exits_at_gains
-    from daisy.model_card import write_card
-    from daisy.pipeline import trace_scores
+    from daisy.analysis.input_levels import exits_at_gains
+    from daisy.apps.ship import write_card
+    from daisy.calibration import trace_scores
     from daisy.policies import Entropy
 
     rng = np.random.default_rng(0)
@@ -90,9 +90,9 @@ def test_input_level_rows_and_the_card_say_whether_the_level_matters(tmp_path):
 def test_the_shipped_model_and_its_card_carry_asrs_own_operating_point(tmp_path):
     import json
 
+    from daisy.apps.ship import write_card
+    from daisy.calibration import TASK_DEPTH_FRACTIONS
     from daisy.model import EarlyExitHubert
-    from daisy.model_card import write_card
-    from daisy.pipeline import TASK_DEPTH_FRACTIONS
 
     shipped = "daisy/assets/hubert-tiny-synth"
     model = EarlyExitHubert.from_pretrained(shipped)
@@ -109,8 +109,8 @@ def test_the_shipped_model_and_its_card_carry_asrs_own_operating_point(tmp_path)
 
 
 def test_the_shipped_model_was_calibrated_under_the_current_rare_exits_rule():
+    from daisy.calibration import RARE_EXITS
     from daisy.model import EarlyExitHubert
-    from daisy.pipeline import RARE_EXITS
 
     model = EarlyExitHubert.from_pretrained("daisy/assets/hubert-tiny-synth")
     provenance = model.config.provenance
@@ -122,7 +122,7 @@ def test_the_shipped_model_was_calibrated_under_the_current_rare_exits_rule():
 
 
 def test_speaker_levels_compare_the_spread_between_and_within_speakers():
-    from daisy.levels import speaker_levels
+    from daisy.analysis.input_levels import speaker_levels
 
     ones = np.ones(1000, np.float32)
     wavs = [0.1 * ones, 0.1 * ones, 0.01 * ones, 0.01 * ones]  # -20 dBFS twice, -40 dBFS twice

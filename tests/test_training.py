@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from daisy.analysis.teacher_report import masked_prediction
 from daisy.data.corpus import load_manifest
 from daisy.model import EarlyExitHubert
-from daisy.pipeline import prepare_model
-from daisy.pretrain import MaskedPredictionModel, PretrainConfig, _batch, check_resume, frames_for, pretrain
 from daisy.targets import KMeansTargets
-from daisy.teacher_report import masked_prediction
-from daisy.train_heads import HeadTrainConfig, train_heads
+from daisy.training.pretrain import MaskedPredictionModel, PretrainConfig, _batch, check_resume, frames_for, pretrain
+from daisy.training.train_heads import HeadTrainConfig, prepare_model, train_heads
 from daisy.upstream import HubertBackbone
 
 

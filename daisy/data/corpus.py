@@ -141,7 +141,7 @@ class Utterance:
 
 def choose_speakers(config: CorpusConfig):
     """`config.speakers` distinct voices, drawn deterministically from the available combinations."""
-    from daisy import synth
+    from daisy.data import synth
 
     available = set(synth.english_voices())
     voices = [v for v in config.voices if v in available]
@@ -161,7 +161,7 @@ def choose_speakers(config: CorpusConfig):
 
 def build_corpus(root: str | Path, config: CorpusConfig | None = None) -> Path:
     """Synthesise (or reuse) the corpus for `config` under `root`; returns its folder."""
-    from daisy import synth
+    from daisy.data import synth
 
     config = config or CorpusConfig()
     folder = Path(root) / f"synthetic-{config.key()}"

@@ -26,14 +26,14 @@ INPUT_GAINS_DB = (12.0, 0.0, -12.0)
 
 
 def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 100, depth_fraction: float = 0.6):
-    from daisy import noise_sweep as ns
+    from daisy.analysis import noise_sweep as ns
+    from daisy.analysis.input_levels import exits_at_gains
+    from daisy.analysis.teacher_report import char_probe, frame_layers, masked_prediction, pooled_layers, speaker_probe
+    from daisy.calibration import calibrate_operating_points
     from daisy.data.sources import load_all, utterances
-    from daisy.levels import exits_at_gains
     from daisy.model import EarlyExitHubert
-    from daisy.pipeline import calibrate_operating_points, prepare_model
-    from daisy.pretrain import export_checkpoint
-    from daisy.teacher_report import char_probe, frame_layers, masked_prediction, pooled_layers, speaker_probe
-    from daisy.train_heads import HeadTrainConfig, train_heads
+    from daisy.training.pretrain import export_checkpoint
+    from daisy.training.train_heads import HeadTrainConfig, prepare_model, train_heads
 
     began = time.time()
     splits = {s: utterances("synthetic", s) for s in ("train", "dev", "test")}
@@ -107,13 +107,13 @@ def level_section(rows: list[dict] | None) -> list[str]:
     """Markdown: mean exit of the clean test speech scaled by each gain (none for cards made before it)."""
     if not rows:
         return []
-    from daisy.levels import markdown_table
+    from daisy.analysis.input_levels import markdown_table
 
     return ["## Input level: the same clean test speech at other levels", "", *markdown_table(rows), ""]
 
 
 def write_card(path: Path, card: dict, sweep_table: str) -> None:
-    from daisy import noise_sweep as ns
+    from daisy.analysis import noise_sweep as ns
 
     pre, fig = card["pretraining"], card["figures"]
     t = fig["teacher"]

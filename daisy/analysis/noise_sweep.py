@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from daisy.audio import load
+from daisy.calibration import trace_scores
 from daisy.compute import compute_share
 from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
-from daisy.pipeline import trace_scores
 from daisy.progress import progress
 
 CLEAN = "clean"

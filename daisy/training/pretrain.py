@@ -167,7 +167,7 @@ def frames_for(samples: int) -> int:
 def fit_labels(wavs: list[np.ndarray], config: PretrainConfig) -> tuple[KMeansTargets, list]:
     """k-means on a sample of frames (MFCC, or a layer of `config.label_model`), then a label per frame of
     every utterance."""
-    from daisy.pipeline import fit_layer_kmeans, fit_mfcc_kmeans
+    from daisy.training.kmeans import fit_layer_kmeans, fit_mfcc_kmeans
 
     config = config.resolved()
     if config.label_features == "mfcc":
@@ -181,7 +181,7 @@ def fit_labels(wavs: list[np.ndarray], config: PretrainConfig) -> tuple[KMeansTa
 
 def utterance_labels(km: KMeansTargets, wavs: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
     """k-means ids of every utterance, batched: `frames_for(samples)` of them, the frames of the model trained."""
-    from daisy.pipeline import batches
+    from daisy.data.batching import batches
 
     labels: list[np.ndarray] = [np.empty(0, np.int16)] * len(wavs)
     for idx, padded, lengths in batches(wavs, batch_size):

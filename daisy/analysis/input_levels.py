@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from daisy.calibration import trace_scores
 from daisy.model import EarlyExitHubert
-from daisy.pipeline import trace_scores
 
 
 def rms_dbfs(wav: np.ndarray) -> float:

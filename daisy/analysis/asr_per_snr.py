@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from daisy import policies
+from daisy.analysis.noise_sweep import CLEAN, SweepConfig, conditions, mixed, noise_for
 from daisy.data.noise import mix_at_snr
 from daisy.downstream.minisuperb import MiniSuperbConfig, evaluate, extract, train_probe
 from daisy.downstream.probes import CharVocab
 from daisy.downstream.tasks import TaskData
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
-from daisy.noise_sweep import CLEAN, SweepConfig, conditions, mixed, noise_for
 from daisy.progress import progress
 
 SETTINGS = ("daisy", "fixed", "full")

@@ -39,7 +39,7 @@ class DemoConfig:
     probe_train: int = 400
     probe_test: int = 100
     depth_fraction: float = 0.6  # calibrate DAISY to this share of the layers on average
-    # tasks with an operating point of their own (default: daisy.pipeline.TASK_DEPTH_FRACTIONS)
+    # tasks with an operating point of their own (default: daisy.calibration.TASK_DEPTH_FRACTIONS)
     task_depth_fractions: dict | None = None
 
     def __post_init__(self):
@@ -91,7 +91,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
 
 def _base_model(out: Path, splits, config: DemoConfig) -> Path:
     """The pretrained HuBERT the heads go on: shipped, or pretrained here."""
-    from daisy.pretrain import PretrainConfig, pretrain
+    from daisy.training.pretrain import PretrainConfig, pretrain
 
     shipped = shipped_model()
     if shipped is not None and not config.pretrain:
@@ -107,7 +107,7 @@ def _base_model(out: Path, splits, config: DemoConfig) -> Path:
 
 def shipped_recipe():
     """The PretrainConfig the shipped model was made with (from its card), else HuBERT's defaults."""
-    from daisy.pretrain import PretrainConfig
+    from daisy.training.pretrain import PretrainConfig
 
     card = None if shipped_model() is None else shipped_model() / "card.json"
     if card is None or not card.is_file():
@@ -118,10 +118,10 @@ def shipped_recipe():
 
 def _heads(out: Path, base: Path, splits, config: DemoConfig):
     """Trained and calibrated DAISY heads on `base`, saved as the daisy model `out/model`."""
+    from daisy.calibration import calibrate_operating_points
     from daisy.data.sources import load_all
     from daisy.model import EarlyExitHubert
-    from daisy.pipeline import calibrate_operating_points, prepare_model
-    from daisy.train_heads import HeadTrainConfig, train_heads
+    from daisy.training.train_heads import HeadTrainConfig, prepare_model, train_heads
 
     target = out / "model"
     if not _stage("DAISY heads", target / "daisy.json", config.fresh):
@@ -155,7 +155,7 @@ def _minisuperb(out: Path, model, splits, config: DemoConfig) -> dict:
 
 
 def _noise_sweep(out: Path, model, splits, config: DemoConfig, traced: dict) -> dict:
-    from daisy import noise_sweep as ns
+    from daisy.analysis import noise_sweep as ns
     from daisy.data.sources import load_all
 
     folder = out / "report" / "noise_sweep"
@@ -171,7 +171,7 @@ def _noise_sweep(out: Path, model, splits, config: DemoConfig, traced: dict) -> 
 
 def _sweep_config(config: DemoConfig):
     """The noise conditions of the sweep and of the ASR-per-SNR stage (the same, so their rows line up)."""
-    from daisy import noise_sweep as ns
+    from daisy.analysis import noise_sweep as ns
 
     return ns.SweepConfig(snrs=(10.0, 0.0) if config.quick else (20.0, 10.0, 5.0, 0.0, -5.0))
 
@@ -179,7 +179,7 @@ def _sweep_config(config: DemoConfig):
 def _asr_per_snr(out: Path, model, splits, config: DemoConfig, test_entropy: dict) -> dict:
     """ASR CER per noise condition at DAISY's exits, fixed truncation and the full model; fills
     `test_entropy` with the test audio's head entropies per condition when it runs."""
-    from daisy import sweep_quality as sq
+    from daisy.analysis import asr_per_snr as sq
     from daisy.data.sources import load_all
 
     folder = out / "report" / "noise_sweep"

@@ -17,9 +17,9 @@ import torch
 from transformers import HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
+from daisy.data.batching import batches
 from daisy.features import mfcc
 from daisy.model import load_teacher
-from daisy.pipeline import batches
 from daisy.targets import KMeansTargets
 from daisy.upstream import HubertBackbone, normalize_each
 

@@ -33,9 +33,10 @@ from rich.console import Console
 from rich.table import Table
 
 from daisy import policies
+from daisy.calibration import trace_scores
 from daisy.compute import compute_share
+from daisy.data.batching import batches
 from daisy.model import EarlyExitHubert
-from daisy.pipeline import batches, trace_scores
 
 
 def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list[float]]:
@@ -126,7 +127,7 @@ def spread_like_trained(model: EarlyExitHubert, wav: np.ndarray) -> None:
     wider would put most probabilities below float32's normal range, where x86 arithmetic is many times
     slower, and the benchmark would time that (5x the entropy's cost at C = 500).
     """
-    from daisy.train_heads import frozen_features
+    from daisy.training.train_heads import frozen_features
 
     feats, _, _ = frozen_features(model, torch.from_numpy(wav)[None], None)
     with torch.no_grad():

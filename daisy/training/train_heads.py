@@ -24,8 +24,11 @@ from torch import nn
 
 from daisy.data.crops import random_crops
 from daisy.io import atomic_path, write_json
-from daisy.model import EarlyExitHubert
+from daisy.model import EarlyExitHubert, load_teacher
 from daisy.progress import progress
+from daisy.targets import KMeansTargets, TeacherHead
+from daisy.training.kmeans import fit_mfcc_kmeans
+from daisy.upstream import HubertBackbone
 
 
 @dataclass
@@ -198,4 +201,50 @@ def train_heads(
                 write_json(out / "heads_log.json", {"config": asdict(config), "log": log})
             if interrupted:
                 break
+    return model
+
+
+def prepare_model(
+    path: str | Path,
+    head_input: str = "ffn",
+    classes: int = 100,
+    wavs: list[np.ndarray] | None = None,
+    head_rank: int | None = None,
+) -> EarlyExitHubert:
+    """An EarlyExitHubert with fresh heads on the backbone at `path`, with the best targets it allows:
+    its own pretraining head (teacher) where it has one, else MFCC k-means fitted on `wavs`. A pretraining
+    codebook goes along as is (MFCC, or a layer of its iteration-2 source model: `KMeansTargets.targets`)."""
+    path = Path(path)
+    if (path / "daisy.json").is_file():
+        return EarlyExitHubert.from_pretrained(path)
+    backbone = HubertBackbone.from_pretrained(path)
+    teacher = None
+    if path.is_dir():
+        teacher = load_teacher(path / "teacher_head.safetensors")
+    else:
+        from daisy.upstream.checkpoints import read_s3prl_checkpoint
+
+        converted = read_s3prl_checkpoint(path)
+        if converted.pretraining_head:
+            teacher = TeacherHead.from_fairseq(converted.pretraining_head, converted.num_classes)
+    provenance = {"base_model": str(path)}
+    if teacher is not None:
+        model = EarlyExitHubert.from_backbone(
+            backbone,
+            teacher.num_classes,
+            teacher=teacher,
+            head_input=head_input,
+            head_rank=head_rank,
+            targets="teacher",
+            provenance=provenance,
+        )
+        if path.is_dir() and (path / "kmeans.safetensors").is_file():  # keep the pretraining codebook along
+            model.kmeans = KMeansTargets.load(path / "kmeans.safetensors")
+        return model
+    if not wavs:
+        raise ValueError(f"{path} has no pretraining head: k-means targets need audio to fit on")
+    model = EarlyExitHubert.from_backbone(
+        backbone, classes, head_input=head_input, head_rank=head_rank, targets="kmeans", provenance=provenance
+    )
+    model.kmeans = fit_mfcc_kmeans(wavs, classes)
     return model

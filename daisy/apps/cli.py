@@ -153,8 +153,8 @@ def pretrain(
 ):
     """HuBERT masked-prediction pretraining from scratch; resumes from out/checkpoint.pt."""
     from daisy.data.sources import utterances
-    from daisy.pretrain import PretrainConfig, check_resume
-    from daisy.pretrain import pretrain as run
+    from daisy.training.pretrain import PretrainConfig, check_resume
+    from daisy.training.pretrain import pretrain as run
 
     config = PretrainConfig.quick() if quick else PretrainConfig()
     if config_json:
@@ -208,9 +208,9 @@ def train_heads_cmd(
     Rerunning with the same --out resumes from its checkpoint."""
     from dataclasses import replace
 
+    from daisy.calibration import calibrate_model, recalibrate_tasks, trace_scores
     from daisy.data.sources import load_all, utterances
-    from daisy.pipeline import calibrate_model, prepare_model, recalibrate_tasks, trace_scores
-    from daisy.train_heads import HeadTrainConfig, check_resume, train_heads
+    from daisy.training.train_heads import HeadTrainConfig, check_resume, prepare_model, train_heads
 
     try:
         config = HeadTrainConfig.quick() if quick else HeadTrainConfig()
@@ -264,7 +264,7 @@ def calibrate(
     compute: float = typer.Option(None, help="target share of full-model compute (0..1), instead of --depth"),
     per_layer: bool = typer.Option(False, help="one threshold per layer (same quantile) instead of one shared"),
     min_layer: int = typer.Option(1, help="no exit before this layer; the heads below it are not run"),
-    rare_exits: float = typer.Option(  # = daisy.pipeline.RARE_EXITS, not imported: the CLI loads torch lazily
+    rare_exits: float = typer.Option(  # = daisy.calibration.RARE_EXITS, not imported: the CLI loads torch lazily
         0.1, help="raise --min-layer past layers below which at most this share of the audio would exit; 0: off"
     ),
     task: str = typer.Option(
@@ -273,10 +273,10 @@ def calibrate(
     quick: bool = typer.Option(False, help="the small corpus, for tests"),
 ):
     """Fit entropy thresholds on held-out audio to a depth or compute budget; saved into daisy.json."""
+    from daisy.calibration import calibrate_model
     from daisy.compute import depth_for_share
     from daisy.data.sources import load_all, utterances
     from daisy.model import EarlyExitHubert, stored_dtype
-    from daisy.pipeline import calibrate_model
 
     if (depth is None) == (compute is None):
         fail("give exactly one of --depth or --compute")
@@ -306,8 +306,8 @@ def exit_cmd(
 ):
     """Run early exit on audio files and print each file's exit layer (files that cannot be read are
     reported on stderr and left out, also from --json)."""
+    from daisy.apps.exit_files import exit_files
     from daisy.model import EarlyExitHubert
-    from daisy.pipeline import exit_files
 
     try:
         early = EarlyExitHubert.from_pretrained(model)
@@ -347,8 +347,8 @@ def noise_sweep_cmd(
     quick: bool = typer.Option(False, help="the small corpus, for tests"),
 ):
     """Exit depth of every utterance at every noise type and SNR: table, CSV/JSON and plots."""
-    from daisy import noise_sweep as ns
-    from daisy import sweep_quality as sq
+    from daisy.analysis import asr_per_snr as sq
+    from daisy.analysis import noise_sweep as ns
     from daisy.data.sources import load_all, utterances
     from daisy.downstream.minisuperb import SIZES
     from daisy.model import EarlyExitHubert
@@ -486,7 +486,7 @@ def bench(
     threads: int = typer.Option(None, help="torch intra-op threads (default: torch's choice, one per core)"),
 ):
     """Wall-clock early exit vs full model (and vs transformers) at batch 1 and 16, with the ideal speedup."""
-    from daisy.bench import benchmark
+    from daisy.analysis.speed import benchmark
 
     try:
         path = str(model) if model else None
@@ -502,7 +502,7 @@ def ship(
     head_steps: int = typer.Option(1500, help="exit-head training steps"),
 ):
     """Make a pretraining run the default model: heads, calibration, fp16 weights, figures, model card."""
-    from daisy.model_card import ship as run_ship
+    from daisy.apps.ship import ship as run_ship
 
     card = run_ship(run, out_dir, head_steps)
     out.print(f"{out_dir}: teacher {card['figures']['teacher']}", highlight=False)
@@ -531,10 +531,10 @@ def demo(
     fresh: bool = typer.Option(False, help="rerun every stage, ignoring earlier outputs"),
 ):
     """The main job: corpus, pretrained model, DAISY heads, calibration, evaluation, noise sweep, report."""
-    from daisy.demo import DemoConfig, run_demo
+    from daisy.apps.demo import DemoConfig, run_demo
 
     run_demo(out_dir, DemoConfig(quick=quick, pretrain=pretrain, train_heads=train_heads, fresh=fresh))
 
 
-if __name__ == "__main__":  # torchrun -m daisy.cli ...
+if __name__ == "__main__":  # torchrun -m daisy.apps.cli ...
     app()
