@@ -22,7 +22,7 @@ from torch import nn
 
 from daisy import policies
 from daisy.heads import ExitHeads
-from daisy.io import atomic_dir, carry_over
+from daisy.io import atomic_dir, carry_over, recover_dir
 from daisy.targets import KMeansTargets, TeacherHead
 from daisy.upstream import HubertBackbone
 
@@ -206,15 +206,15 @@ class EarlyExitHubert(nn.Module):
         states = [x] if keep_states else None
         scores: dict[str, torch.Tensor] = {}
         active = torch.arange(batch, device=x.device)
-        # The live path scores only what the policy reads, and never the last layer (it always exits);
-        # a trace (policy None) scores every head on every layer. A fixed policy decides nothing on the way.
-        fixed = isinstance(policy, policies.Fixed)
-        last = min(policy.layer, num_layers) if fixed else num_layers
-        exit_layers = torch.full((batch,), last, dtype=torch.long, device=x.device)
+        # A trace (policy None) scores every head on every layer. The live path runs up to the policy's last
+        # layer, scores only what the policy reads (and, with targets, the loss up to the exit) and never the
+        # model's last layer (everyone exits there).
         if policy is None:
-            which = ("entropy", "confidence")
+            last, which = num_layers, ("entropy", "confidence")
         else:
-            which = () if fixed else (policy.needs,)
+            policy.require(("entropy", "confidence") + (() if targets is None else ("loss",)))
+            last, which = policy.last_layer(num_layers), policy.needs
+        exit_layers = torch.full((batch,), last, dtype=torch.long, device=x.device)
         scoring = bool(which) or targets is not None  # whether any head runs at all
         use_ffn = self.config.head_input == "ffn" and scoring
         bias = self.backbone.attention_bias(mask, x.dtype)
@@ -224,11 +224,9 @@ class EarlyExitHubert(nn.Module):
                 x, feats = self.backbone.layer(layer, x, mask, bias, return_ffn=True)
             else:
                 x = feats = self.backbone.layer(layer, x, mask, bias)
-            # With targets (analysis) every layer up to the exit is scored; otherwise only what the policy reads.
-            read = policy is None or (layer < num_layers and (targets is not None or policy.reads(layer)))
-            score_now = read and scoring
+            decides = policy is not None and layer < last and policy.reads(layer)
             layer_scores = {}
-            if score_now:
+            if scoring and (policy is None or (layer < num_layers and (targets is not None or decides))):
                 tgt = None if targets is None else targets[active, : x.shape[1]]
                 layer_scores = self.heads.scores(layer, feats, mask, tgt, which, weights)
                 for name, value in layer_scores.items():
@@ -245,10 +243,8 @@ class EarlyExitHubert(nn.Module):
                 else:
                     final[active, : x.shape[1]] = x
                 break
-            if policy is None or fixed:
+            if not decides:
                 continue
-            if not score_now:  # a layer the policy does not read: give it the shape
-                layer_scores = {policy.needs: x.new_zeros(len(active))}
             stop = policy.decide(layer, layer_scores)
             if not bool(stop.any()):
                 continue
@@ -339,6 +335,7 @@ class EarlyExitHubert(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> EarlyExitHubert:
         path = Path(path)
+        recover_dir(path)  # a rewrite killed between its two renames left the folder at .NAME.old
         if not (path / "daisy.json").is_file():
             raise FileNotFoundError(f"{path}: not a daisy model directory (no daisy.json); train heads first")
         try:

@@ -1,56 +1,98 @@
 """Exit policies: pure functions from per-layer, per-utterance scores to exit decisions.
 
-A policy sees, after layer l (1-based), a dict of scores for the utterances still running, each a
-(B,) tensor: `entropy` (mean frame entropy of head l's posterior, nats), `confidence` (mean max
-posterior) and, when targets are known, `loss` (mean cross-entropy against them). It answers a (B,)
-bool tensor: exit now. It never sees hidden states. The last layer always exits.
+A policy names the scores it reads (`needs`): `entropy` (mean frame entropy of head l's posterior,
+nats), `confidence` (mean max posterior) or, when targets are known, `loss` (mean cross-entropy
+against them), each a (B,) tensor for the utterances still running. `last_layer` is where everyone
+left exits (the model's last layer, or a fixed policy's layer); `reads(layer)` says at which layers
+before it the policy decides, and only there is `decide` called, answering a (B,) bool tensor: exit
+now. A policy that needs no score (fixed) decides nothing. It never sees hidden states.
 
 The same policy applied to a stored trace of scores (`exit_layers`) gives the exits that the live,
-compacting model produces; sweeps over thresholds use that.
+compacting model produces; sweeps over thresholds use that. Fields are checked when a policy is made
+(a NaN, infinite or out-of-range threshold is a ValueError naming it), so daisy.json, the CLI and
+s3prl options all get the same checks.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 
 
 class Policy:
     name: str = ""
-    needs: str = "entropy"  # the score the policy reads
+    needs: tuple[str, ...] = ("entropy",)  # the scores `decide` reads; empty: it decides nothing
 
     def decide(self, layer: int, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Exit now, (B,) bool, after `layer`; called only where `reads(layer)`, with `needs` in `scores`."""
         raise NotImplementedError
 
     def reads(self, layer: int) -> bool:
-        """Whether `decide` at `layer` looks at the scores: the live model scores only the layers that it does."""
-        return True
+        """Whether the policy decides after `layer`: the live model scores only the layers where it does."""
+        return bool(self.needs)
+
+    def last_layer(self, num_layers: int) -> int:
+        """Where every utterance still running exits on a model of `num_layers` layers."""
+        return num_layers
 
     def check(self, num_layers: int) -> None:
         """Raise ValueError if the policy cannot run on a model of `num_layers` layers."""
+
+    def require(self, available) -> None:
+        """Raise ValueError unless every score the policy reads is among `available` (names)."""
+        missing = [name for name in self.needs if name not in available]
+        if missing:
+            have = ", ".join(sorted(available)) or "none"
+            raise ValueError(f"the {self.name} policy reads {', '.join(missing)} scores; given only: {have}")
 
     def to_dict(self) -> dict:
         return {"name": self.name, **asdict(self)}
 
     def exit_layers(self, trace: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Exit layer (1-based) per utterance from a full trace of scores, each (B, L)."""
-        num_layers = next(iter(trace.values())).shape[1]
-        batch = next(iter(trace.values())).shape[0]
-        exits = torch.full((batch,), num_layers, dtype=torch.long)
+        """Exit layer (1-based) per utterance from a trace of scores, each (B, L); the trace may hold more
+        scores than the policy reads (`calibration.trace_scores` gives all of them)."""
+        if not trace:
+            raise ValueError("an empty trace: no scores to apply the policy to")
+        self.require(trace)
+        batch, num_layers = next(iter(trace.values())).shape
+        last = self.last_layer(num_layers)
+        exits = torch.full((batch,), last, dtype=torch.long)
         running = torch.ones(batch, dtype=torch.bool)
-        for layer in range(1, num_layers):
-            stop = self.decide(layer, {k: v[:, layer - 1] for k, v in trace.items()}) & running
+        for layer in range(1, last):
+            if not self.reads(layer):
+                continue
+            stop = self.decide(layer, {k: trace[k][:, layer - 1] for k in self.needs}) & running
             exits[stop] = layer
             running &= ~stop
         return exits
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite(policy: str, field: str, value, low: float = -math.inf, high: float = math.inf, what: str = "") -> float:
+    """`value` as a float, or a ValueError naming the policy, the field and the value."""
+    if not _is_number(value) or not (math.isfinite(value) and low <= value <= high):
+        bounds = f" in {low:g}..{high:g}" if math.isfinite(high) else f" >= {low:g}" if math.isfinite(low) else ""
+        raise ValueError(f"{policy} policy: {field} must be a finite number{bounds}{what}, got {value!r}")
+    return float(value)
+
+
+def _whole(policy: str, field: str, value, hint: str = "") -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{policy} policy: {field} must be a whole number >= 1{hint}, got {value!r}")
+    return int(value)
+
+
 def _threshold_at(threshold: float | Sequence[float], layer: int) -> float:
-    if isinstance(threshold, (int, float)):
-        return float(threshold)
-    return float(threshold[layer - 1])
+    if isinstance(threshold, float):
+        return threshold
+    return threshold[layer - 1]
 
 
 def _check_min_layer(policy: Policy, num_layers: int) -> None:
@@ -65,11 +107,20 @@ class Entropy(Policy):
     threshold: float | list[float]
     min_layer: int = 1
     name = "entropy"
-    needs = "entropy"
+    needs = ("entropy",)
+
+    def __post_init__(self):
+        if isinstance(self.threshold, Sequence) and not isinstance(self.threshold, str):
+            if not self.threshold:
+                raise ValueError(f"{self.name} policy: threshold is an empty list (give a number or one per layer)")
+            self.threshold = [
+                _finite(self.name, f"threshold[{i}]", t, what=" (nats)") for i, t in enumerate(self.threshold)
+            ]
+        else:
+            self.threshold = _finite(self.name, "threshold", self.threshold, what=" (nats) or a list of them")
+        self.min_layer = _whole(self.name, "min_layer", self.min_layer)
 
     def decide(self, layer, scores):
-        if layer < self.min_layer:
-            return torch.zeros_like(scores["entropy"], dtype=torch.bool)
         return scores["entropy"] <= _threshold_at(self.threshold, layer)
 
     def reads(self, layer):
@@ -78,7 +129,7 @@ class Entropy(Policy):
     def check(self, num_layers):
         _check_min_layer(self, num_layers)
         # one threshold per layer; the last may be left out, as the last layer always exits
-        if not isinstance(self.threshold, (int, float)) and len(self.threshold) not in (num_layers - 1, num_layers):
+        if isinstance(self.threshold, list) and len(self.threshold) not in (num_layers - 1, num_layers):
             raise ValueError(
                 f"{self.name} policy: {len(self.threshold)} per-layer thresholds for a {num_layers}-layer model "
                 f"(give {num_layers}, or {num_layers - 1} without the last layer)"
@@ -92,11 +143,14 @@ class Confidence(Policy):
     threshold: float
     min_layer: int = 1
     name = "confidence"
-    needs = "confidence"
+    needs = ("confidence",)
+
+    def __post_init__(self):
+        what = " (a mean max-posterior)"
+        self.threshold = _finite(self.name, "threshold", self.threshold, 0.0, 1.0, what)
+        self.min_layer = _whole(self.name, "min_layer", self.min_layer)
 
     def decide(self, layer, scores):
-        if layer < self.min_layer:
-            return torch.zeros_like(scores["confidence"], dtype=torch.bool)
         return scores["confidence"] >= self.threshold
 
     def reads(self, layer):
@@ -108,22 +162,17 @@ class Confidence(Policy):
 
 @dataclass
 class Fixed(Policy):
-    """Always exit at `layer` (plain truncation)."""
+    """Always exit at `layer` (plain truncation): reads no score, decides nothing."""
 
     layer: int
     name = "fixed"
-    needs = "entropy"
+    needs = ()
 
     def __post_init__(self):
-        if self.layer < 1:
-            raise ValueError(f"fixed exit layer must be >= 1 (layers are 1-based), got {self.layer}")
+        self.layer = _whole(self.name, "layer", self.layer, " (layers are 1-based)")
 
-    def decide(self, layer, scores):
-        any_score = next(iter(scores.values()))  # only for the batch shape
-        return torch.full_like(any_score, layer >= self.layer, dtype=torch.bool)
-
-    def reads(self, layer):
-        return False
+    def last_layer(self, num_layers):
+        return min(self.layer, num_layers)
 
     def check(self, num_layers):
         if self.layer > num_layers:
@@ -136,11 +185,16 @@ class Oracle(Policy):
 
     threshold: float
     name = "oracle"
-    needs = "loss"
+    needs = ("loss",)
+
+    def __post_init__(self):
+        self.threshold = _finite(self.name, "threshold", self.threshold, what=" (nats)")
+
+    def require(self, available):
+        if "loss" not in available:
+            raise ValueError("the oracle policy needs targets: pass targets= to the model or trace")
 
     def decide(self, layer, scores):
-        if "loss" not in scores:
-            raise ValueError("the oracle policy needs targets: pass targets= to the model or trace")
         return scores["loss"] <= self.threshold
 
 
@@ -148,8 +202,12 @@ class Oracle(Policy):
 class Budget(Entropy):
     """Entropy thresholds calibrated on held-out audio (`calibrate_budget`) to a target mean depth."""
 
-    target_depth: float = 0.0
+    target_depth: float = 0.0  # what the calibration aimed at, in layers (a record: decisions use the thresholds)
     name = "budget"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.target_depth = _finite(self.name, "target_depth", self.target_depth, 0.0, what=" (layers)")
 
 
 def calibrate_budget(
@@ -218,15 +276,25 @@ POLICIES = {cls.name: cls for cls in (Entropy, Budget, Confidence, Fixed, Oracle
 
 
 def policy_from_dict(spec: dict) -> Policy:
+    """The policy a spec like {"name": "entropy", "threshold": 0.8} describes; a ValueError naming what is wrong."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"a policy is a mapping like {{'name': 'entropy', 'threshold': 0.8}}, got {spec!r}")
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
-    try:
-        return POLICIES[name](**spec)
-    except TypeError as e:  # a missing or unknown field
-        fields = ", ".join(POLICIES[name].__dataclass_fields__)
-        raise ValueError(f"policy {name!r} takes {fields}; got {', '.join(spec) or 'nothing'}") from e
+    cls = POLICIES[name]
+    takes = [f.name for f in fields(cls)]
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    unknown = [k for k in spec if k not in takes]
+    missing = [k for k in required if k not in spec]
+    if unknown or missing:
+        problem = f"has no field {', '.join(unknown)}" if unknown else f"needs {', '.join(missing)}"
+        # a field of one other policy only (budget's target_depth) says which policy was meant
+        owners = {k: [other for other, c in POLICIES.items() if k in c.__dataclass_fields__] for k in unknown}
+        hint = "".join(f"; {k} is the {o[0]} policy's" for k, o in owners.items() if len(o) == 1)
+        raise ValueError(f"policy {name!r} {problem} (it takes {', '.join(takes)}){hint}")
+    return cls(**spec)
 
 
 def override(saved: dict, options: dict) -> dict:
@@ -234,6 +302,11 @@ def override(saved: dict, options: dict) -> dict:
     other keys (threshold, layer, min_layer, ...) replace the saved ones. A calibrated budget given another
     threshold becomes a plain entropy policy (its target depth no longer holds)."""
     options = dict(options)
+    if "target_depth" in options:
+        raise ValueError(
+            f"target_depth {options['target_depth']!r} is not a setting but what a budget's calibration aimed at; "
+            "to exit at a mean depth, calibrate (`daisy calibrate --depth`)"
+        )
     name = options.pop("policy", saved["name"])
     base = saved if name == saved["name"] else {"name": name}
     if base["name"] == "budget" and "threshold" in options:

@@ -94,7 +94,9 @@ def test_live_path_equals_policy_applied_to_the_trace():
         policies.Entropy(threshold=[threshold - 0.2, threshold + 0.1, 0.0]),
         policies.Entropy(threshold=threshold, min_layer=2),  # layer 1 is neither read nor scored
         policies.Confidence(threshold=0.5, min_layer=2),
+        policies.Budget(threshold=[threshold, threshold + 0.1], min_layer=2, target_depth=2.5),
         policies.Fixed(layer=1),
+        policies.Fixed(layer=2),
     ]:
         model.policy = policy
         with torch.no_grad():
@@ -109,10 +111,28 @@ def test_live_path_equals_policy_applied_to_the_trace():
             torch.testing.assert_close(
                 live.last_hidden_state[i, :n], offline.last_hidden_state[i, :n], atol=1e-5, rtol=0
             )
-        assert set(live.scores) == ({policy.needs} if not isinstance(policy, policies.Fixed) else set())
+        assert set(live.scores) == set(policy.needs)  # a fixed exit needs none: no head runs
         for name, value in live.scores.items():  # only what the policy reads, for the layers run
             torch.testing.assert_close(value, offline.scores[name], equal_nan=True)
             assert value[:, 0].isnan().all() == (getattr(policy, "min_layer", 1) > 1)
+
+
+def test_the_live_path_decides_only_where_the_policy_reads(monkeypatch):
+    model = random_early_exit()  # 3 layers
+    wavs, lengths = varied_batch(4)
+    decided, scored = [], []
+    original_decide, original_scores = policies.Confidence.decide, model.heads.scores
+    monkeypatch.setattr(
+        policies.Confidence,
+        "decide",
+        lambda self, layer, s: decided.append((layer, set(s))) or original_decide(self, layer, s),
+    )
+    monkeypatch.setattr(model.heads, "scores", lambda layer, *a: scored.append(layer) or original_scores(layer, *a))
+    model.policy = policies.Confidence(threshold=1.0, min_layer=2)  # nobody is that sure: everyone runs on
+    with torch.no_grad():
+        out = model(wavs, lengths)
+    assert out.exit_layers.tolist() == [3] * 4
+    assert decided == [(2, {"confidence"})] and scored == [2]  # not below min_layer, not at the last layer
 
 
 def test_compaction_runs_each_layer_only_on_utterances_still_running():
@@ -138,8 +158,10 @@ def test_oracle_policy_reads_the_true_loss_and_needs_targets():
     model = random_early_exit()
     wavs, lengths = varied_batch(4)
     model.policy = policies.Oracle(threshold=1.0)
+    model.backbone.layer = lambda *a, **k: pytest.fail("checked before any layer runs")
     with pytest.raises(ValueError, match="needs targets"):
         model(wavs, lengths)
+    del model.backbone.layer
     targets = torch.zeros(4, 40, dtype=torch.long)
     with torch.no_grad():
         out = model(wavs, lengths, targets=targets)

@@ -113,10 +113,111 @@ def test_a_policy_that_does_not_fit_the_model_is_refused_when_set():
 
 
 def test_policy_fields_that_do_not_fit_are_named():
-    with pytest.raises(ValueError, match="policy 'fixed' takes layer; got threshold"):
-        policies.policy_from_dict({"name": "fixed", "threshold": 1.0})
-    with pytest.raises(ValueError, match="policy 'entropy' takes threshold, min_layer; got nothing"):
-        policies.policy_from_dict({"name": "entropy"})
+    for spec, problem in [
+        ({"name": "fixed", "threshold": 1.0}, "policy 'fixed' has no field threshold (it takes layer)"),
+        ({"name": "entropy"}, "policy 'entropy' needs threshold (it takes threshold, min_layer)"),
+        # a budget's field on another policy says whose it is
+        (
+            {"name": "entropy", "threshold": 1.0, "target_depth": 3.0},
+            "policy 'entropy' has no field target_depth (it takes threshold, min_layer); "
+            "target_depth is the budget policy's",
+        ),
+        ("entropy", "a policy is a mapping"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            policies.policy_from_dict(spec)
+        assert str(caught.value) == problem or str(caught.value).startswith(problem), spec
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "spec, problem, got",
+    [
+        ({"name": "entropy", "threshold": NAN}, "entropy policy: threshold must be a finite number", "nan"),
+        ({"name": "entropy", "threshold": INF}, "entropy policy: threshold must be a finite number", "inf"),
+        ({"name": "entropy", "threshold": -INF}, "entropy policy: threshold must be a finite number", "-inf"),
+        ({"name": "entropy", "threshold": "3.0"}, "entropy policy: threshold must be a finite number", "'3.0'"),
+        ({"name": "entropy", "threshold": True}, "entropy policy: threshold must be a finite number", "True"),
+        ({"name": "entropy", "threshold": [1.0, NAN]}, "entropy policy: threshold[1] must be a finite number", "nan"),
+        ({"name": "entropy", "threshold": 1.0, "min_layer": 0}, "entropy policy: min_layer must be a whole", "0"),
+        ({"name": "entropy", "threshold": 1.0, "min_layer": 1.5}, "entropy policy: min_layer must be a whole", "1.5"),
+        (
+            {"name": "confidence", "threshold": 1.5},
+            "confidence policy: threshold must be a finite number in 0..1",
+            "1.5",
+        ),
+        (
+            {"name": "confidence", "threshold": -0.1},
+            "confidence policy: threshold must be a finite number in 0..1",
+            "-0.1",
+        ),
+        (
+            {"name": "confidence", "threshold": NAN},
+            "confidence policy: threshold must be a finite number in 0..1",
+            "nan",
+        ),
+        ({"name": "oracle", "threshold": NAN}, "oracle policy: threshold must be a finite number", "nan"),
+        (
+            {"name": "fixed", "layer": "2"},
+            "fixed policy: layer must be a whole number >= 1 (layers are 1-based)",
+            "'2'",
+        ),
+        ({"name": "budget", "threshold": 1.0, "target_depth": NAN}, "budget policy: target_depth must be", "nan"),
+        ({"name": "budget", "threshold": INF, "target_depth": 2.0}, "budget policy: threshold must be", "inf"),
+    ],
+)
+def test_nonsense_settings_are_refused_naming_the_field_and_value(spec, problem, got):
+    with pytest.raises(ValueError) as caught:
+        policies.policy_from_dict(spec)
+    message = str(caught.value)
+    assert message.startswith(problem) and message.endswith(f"got {got}") and "\n" not in message
+    with pytest.raises(ValueError, match="empty list"):
+        policies.Entropy(threshold=[])
+
+
+def test_settings_on_the_edge_are_accepted():
+    assert policies.Confidence(threshold=0).threshold == 0.0 and policies.Confidence(threshold=1).threshold == 1.0
+    assert policies.Entropy(threshold=(1, 2)) == policies.Entropy(threshold=[1.0, 2.0])  # any sequence: a list
+    assert policies.Entropy(threshold=-1.0).threshold == -1.0  # exits nobody early: a setting, not nonsense
+
+
+def test_policies_say_what_they_read_and_where_everyone_exits():
+    assert policies.Entropy(threshold=1.0).needs == ("entropy",)
+    assert policies.Confidence(threshold=0.5).needs == ("confidence",)
+    assert policies.Oracle(threshold=1.0).needs == ("loss",)
+    fixed = policies.Fixed(layer=2)
+    assert fixed.needs == () and not any(fixed.reads(layer) for layer in range(1, 5))
+    assert fixed.last_layer(4) == 2 and policies.Entropy(threshold=1.0).last_layer(4) == 4
+    late = policies.Confidence(threshold=0.5, min_layer=3)
+    assert [late.reads(layer) for layer in range(1, 5)] == [False, False, True, True]
+
+
+def test_every_policy_applies_to_a_trace_of_every_score():
+    confidence = 1 - ENTROPY / 2  # high where entropy is low
+    trace = {"entropy": ENTROPY, "confidence": confidence, "loss": ENTROPY}
+    assert policies.Entropy(threshold=1.0).exit_layers(trace).tolist() == [1, 2, 4, 3]
+    assert policies.Confidence(threshold=0.5).exit_layers(trace).tolist() == [1, 2, 4, 3]
+    assert policies.Oracle(threshold=1.0).exit_layers(trace).tolist() == [1, 2, 4, 3]
+    assert policies.Fixed(layer=3).exit_layers(trace).tolist() == [3, 3, 3, 3]
+
+
+def test_decide_runs_only_on_the_layers_a_policy_reads(monkeypatch):
+    seen = []
+    original = policies.Entropy.decide
+    monkeypatch.setattr(
+        policies.Entropy, "decide", lambda self, layer, s: seen.append(layer) or original(self, layer, s)
+    )
+    policies.Entropy(threshold=-1.0, min_layer=2).exit_layers({"entropy": ENTROPY})
+    assert seen == [2, 3]  # neither below min_layer nor at the last layer (everyone exits there)
+
+
+def test_a_trace_without_the_score_a_policy_reads_is_named():
+    with pytest.raises(ValueError, match="the confidence policy reads confidence scores; given only: entropy"):
+        policies.Confidence(threshold=0.5).exit_layers({"entropy": ENTROPY})
+    with pytest.raises(ValueError, match="the oracle policy needs targets"):
+        policies.Oracle(threshold=1.0).exit_layers({"entropy": ENTROPY})
 
 
 def test_overriding_a_saved_policy():
@@ -126,3 +227,5 @@ def test_overriding_a_saved_policy():
     assert policies.override(budget, {"threshold": 0.2}) == {"name": "entropy", "threshold": 0.2, "min_layer": 2}
     assert policies.override(budget, {"policy": "fixed", "layer": 3}) == {"name": "fixed", "layer": 3}
     assert policies.override(budget, {"min_layer": 3}) == {**budget, "min_layer": 3}
+    with pytest.raises(ValueError, match="target_depth 3.0 is not a setting but what a budget's calibration aimed at"):
+        policies.override(budget, {"threshold": 0.2, "target_depth": 3.0})
