@@ -1,10 +1,17 @@
 """Checkpoint format handling that needs no s3prl."""
 
+import argparse
+import os
+import shlex
+
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from daisy.apps.cli import app
+from daisy.training.train_heads import prepare_model
 from daisy.upstream import HubertBackbone
-from daisy.upstream.checkpoints import parse_conv_layers, rename_fairseq_weights
+from daisy.upstream.checkpoints import _torch_load, parse_conv_layers, read_s3prl_checkpoint, rename_fairseq_weights
 
 
 def test_conv_spec_is_parsed_without_eval():
@@ -116,3 +123,42 @@ def test_a_config_of_another_model_or_none_is_named(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2")
     with pytest.raises(ValueError, match="config.json: not a model config"):
         HubertBackbone.from_pretrained(tmp_path)
+
+
+class RunsCode:
+    """A pickle payload: unpickling it runs a shell command (here: one that creates `marker`)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """An s3prl-shaped checkpoint whose config, once unpickled, would have run a command."""
+    marker = tmp_path / "the_code_ran"
+    torch.save({"task_cfg": {}, "model_cfg": RunsCode(marker), "model_weight": {}}, tmp_path / "evil.pt")
+    return tmp_path / "evil.pt", marker
+
+
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_unrun(hostile):
+    path, marker = hostile
+    refused = r"evil.pt: refused: its pickle would run \w+\.system; only tensors"
+    for load in (HubertBackbone.from_pretrained, read_s3prl_checkpoint, prepare_model):  # API, train-heads
+        with pytest.raises(ValueError, match=refused):
+            load(path)
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.count("\n") == 1 and "evil.pt: refused: its pickle would run" in result.output
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_a_fairseq_namespace_config_is_allowed(tmp_path):
+    config = argparse.Namespace(encoder_layers=2, normalize=True)
+    torch.save({"model_cfg": config, "model_weight": {"w": torch.ones(2)}}, tmp_path / "ns.pt")
+    loaded = _torch_load(tmp_path / "ns.pt")
+    assert loaded["model_cfg"] == config and torch.equal(loaded["model_weight"]["w"], torch.ones(2))

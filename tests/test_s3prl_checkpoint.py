@@ -1,5 +1,7 @@
 """Loading s3prl-converted fairseq HuBERT checkpoints, checked against s3prl's own HubertModel."""
 
+import argparse
+
 import pytest
 import torch
 
@@ -14,8 +16,9 @@ hubert_model = pytest.importorskip(
 CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
 
 
-def make_s3prl_checkpoint(path, layer_norm_first: bool, extractor_mode: str, normalize=False):
-    """A randomly initialised s3prl HubertModel, saved the way s3prl's convert.py saves fairseq weights."""
+def make_s3prl_checkpoint(path, layer_norm_first: bool, extractor_mode: str, normalize=False, namespace=False):
+    """A randomly initialised s3prl HubertModel, saved the way s3prl's convert.py saves fairseq weights
+    (`namespace`: its configs as argparse.Namespace, as older fairseq kept them)."""
     model_cfg = dict(
         extractor_mode=extractor_mode,
         encoder_layers=3,
@@ -38,10 +41,11 @@ def make_s3prl_checkpoint(path, layer_norm_first: bool, extractor_mode: str, nor
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
+    wrap = argparse.Namespace if namespace else dict
     torch.save(
         {
-            "task_cfg": task_cfg,
-            "model_cfg": model_cfg,
+            "task_cfg": wrap(**task_cfg),
+            "model_cfg": wrap(**model_cfg),
             "model_weight": model.state_dict(),
             "dictionaries_symbols": [list(range(7))],
         },
@@ -90,3 +94,14 @@ def test_converted_checkpoint_keeps_pretraining_head_and_normalisation(tmp_path)
         ours = backbone.hidden_states(wav * 7.0, lengths)[-1]
         theirs = reference.extract_features(torch.nn.functional.layer_norm(wav * 7.0, wav.shape))[0]
     torch.testing.assert_close(ours, theirs, atol=3e-5, rtol=0)  # epsilons differ: 1e-10 (normalize_each), 1e-5
+
+
+def test_a_checkpoint_with_namespace_configs_loads_safely(tmp_path):
+    reference = make_s3prl_checkpoint(tmp_path / "ns.pt", False, "default", normalize=True, namespace=True)
+    backbone = HubertBackbone.from_pretrained(tmp_path / "ns.pt")  # a weights-only load, Namespace allowed
+    assert backbone.config.normalize_waveform and backbone.num_layers == 3
+    wav, lengths = padded_batch([6000])
+    with torch.no_grad():
+        ours = backbone.hidden_states(wav, lengths)[-1]
+        theirs = reference.extract_features(torch.nn.functional.layer_norm(wav, wav.shape))[0]
+    torch.testing.assert_close(ours, theirs, atol=3e-5, rtol=0)

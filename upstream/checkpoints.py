@@ -5,10 +5,12 @@
   `model_weight` (fairseq parameter names) and `dictionaries_symbols`, as written by s3prl's
   `upstream/hubert/convert.py`. Its weights are renamed onto transformers' `HubertModel` with the
   name table below; the masked-prediction head (`final_proj`, `label_embs_concat`) is returned apart.
+  It is unpickled with `weights_only=True` (plus argparse.Namespace): a pickle naming anything else is refused.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import pickle
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+from daisy.io import recover_dir  # a leaf module (stdlib only): no import cycle
 
 PREPROCESSOR_FILE = "preprocessor_config.json"  # transformers' feature extractor settings
 
@@ -36,6 +40,7 @@ class ConvertedCheckpoint:
 def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
     """(HubertModel in eval mode, whether waveforms are normalised per utterance) from `path`."""
     path = Path(path)
+    recover_dir(path)  # a model folder whose rewrite was killed mid-swap is put back first
     if path.is_dir():
         if not (path / "config.json").is_file():
             hint = f"; did you mean {path / 'model'}?" if (path / "model" / "config.json").is_file() else ""
@@ -94,16 +99,26 @@ def save_hubert(model: HubertModel, path: str | Path, state_dict: dict | None = 
     ).save_pretrained(path)
 
 
+# What a converted checkpoint may hold beyond tensors and plain containers: older fairseq configs are
+# argparse.Namespace objects. Nothing else is unpickled (`weights_only=True`): a pickle runs whatever
+# callable it names, so a checkpoint from the internet must not be able to name any.
+CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
 def _torch_load(path: Path) -> dict:
     try:
-        try:
+        with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "Weights only load failed" not in str(err):
-                raise
-            # Converted checkpoints may hold config objects that the safe loader refuses; they are
-            # the user's own files, loaded the way s3prl itself loads them.
-            return torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:
+        # torch's message is a paragraph; the line that matters names the global (or the opcode) refused
+        if named := re.search(r"GLOBAL ([\w.]+)", str(err)):
+            raise ValueError(
+                f"{path}: refused: its pickle would run {named.group(1)}; only tensors, plain containers "
+                "and argparse.Namespace are loaded (re-save it with plain dicts and tensors)"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(err))
+        detail = detail.group(1).strip() if detail else str(err).splitlines()[0]
+        raise ValueError(f"{path}: not a readable torch checkpoint (UnpicklingError: {detail})") from None
     except Exception as err:  # garbage bytes fail in many ways inside the unpickler (KeyError, IndexError, ...)
         raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
 
