@@ -87,3 +87,39 @@ def test_time_inside_the_heads_is_measured_and_the_model_left_as_it_was(monkeypa
         shares = timed_inside(model, policies.Entropy(threshold=-1.0, min_layer=2), groups, repeats=2)
     assert shares == [pytest.approx(3 * (heads - 1) / (3 * (heads - 1) + model.num_layers))] * 2
     assert "scores" not in vars(model.heads) and model.policy is own and "decide" not in vars(never)
+
+
+def test_the_first_head_a_models_own_policy_reads():
+    from daisy.analysis.speed import first_read
+
+    model = random_early_exit()  # 3 layers
+    for policy, first in [
+        (policies.Entropy(threshold=1.0), 1),
+        (policies.Confidence(threshold=0.5, min_layer=2), 2),
+        (policies.Fixed(layer=2), 1),  # reads none: no heads of its own to time
+    ]:
+        model.policy = policy
+        assert first_read(model) == first, policy
+
+
+@pytest.mark.parametrize(
+    "option, value, problem",
+    [
+        ("--utterances", "-3", "--utterances must be at least 1, got -3"),
+        ("--repeats", "0", "--repeats must be at least 1, got 0"),
+        ("--threads", "0", "--threads must be at least 1, got 0"),
+        ("--classes", "1", "--classes must be at least 2, got 1"),
+        ("--head-rank", "0", "--head-rank must be at least 1, got 0"),
+        ("--depth", "nan", "--depth is a mean exit depth in layers, at least 1, got nan"),
+        ("--depth", "0.5", "--depth is a mean exit depth in layers, at least 1, got 0.5"),
+    ],
+)
+def test_bench_refuses_nonsense_options_before_any_work(monkeypatch, option, value, problem):
+    from typer.testing import CliRunner
+
+    import daisy.analysis.speed
+    from daisy.apps.cli import app
+
+    monkeypatch.setattr(daisy.analysis.speed, "load_model", lambda *a: pytest.fail("checked before any work"))
+    result = CliRunner().invoke(app, ["bench", option, value])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [f"error: {problem}"], result.output

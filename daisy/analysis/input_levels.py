@@ -7,6 +7,8 @@ see the level at all.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from daisy.calibration import trace_scores
@@ -23,6 +25,8 @@ def exits_at_gains(model: EarlyExitHubert, wavs: list[np.ndarray], gains_db) -> 
     exiting at layer 1 and at the last layer. Inputs are scaled without clipping (the model takes any float)."""
     rows = []
     for gain in (float(g) for g in gains_db):
+        if not math.isfinite(gain):
+            raise ValueError(f"gains are finite numbers of dB, got {gain}")
         scaled = [w * np.float32(10 ** (gain / 20)) for w in wavs]
         exits = model.policy.exit_layers(trace_scores(model, scaled)).float()
         rows.append(

@@ -23,6 +23,7 @@ of two noisy timings.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import replace
@@ -276,6 +277,13 @@ POLICY_HEAD_COLUMNS = {  # where the model's own policy reads no head below its 
 }
 
 
+def first_read(model: EarlyExitHubert) -> int:
+    """The first layer whose head the model's own policy reads (1 where it reads none, as a fixed exit: no
+    heads of its own to time)."""
+    read = [layer for layer in range(1, model.num_layers) if model.policy.reads(layer)]
+    return read[0] if read else 1
+
+
 def _layers_from(first: int, model: EarlyExitHubert) -> str:
     return f"layers {first}..{model.num_layers - 1}" if first < model.num_layers else "none: it runs every layer"
 
@@ -293,16 +301,26 @@ def benchmark(
     head_rank: int | None = None,
 ) -> list[dict]:
     """Run the benchmark, print its table, optionally write the figures as JSON; returns the rows.
-    `threads` sets torch's intra-op threads for the run (default: torch's own choice)."""
+    `threads` sets torch's intra-op threads for the run (default: torch's own choice). Settings are checked
+    before any work, each error named as its `daisy bench` option."""
+    for option, value, low in [
+        ("--utterances", utterances, 1),
+        ("--repeats", repeats, 1),
+        ("--threads", threads, 1),
+        ("--classes", classes, 2),
+        ("--head-rank", head_rank, 1),
+    ]:
+        if value is not None and value < low:
+            raise ValueError(f"{option} must be at least {low}, got {value}")
+    if depth is not None and not (math.isfinite(depth) and depth >= 1):
+        raise ValueError(f"--depth is a mean exit depth in layers, at least 1, got {depth}")
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     model = load_model(model_dir, preset, classes, head_rank)
     wavs = speech(utterances, audio)
     if model_dir is None:
         spread_like_trained(model, wavs[0])
-    read_from = getattr(model.policy, "min_layer", 1) if model_dir else 1
+    read_from = first_read(model) if model_dir else 1
     rows = run(model, wavs, depth or model.num_layers / 2, repeats, read_from)
     columns = {**COLUMNS, **(POLICY_HEAD_COLUMNS if read_from > 1 else {})}
     table = Table(
