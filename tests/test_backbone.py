@@ -152,3 +152,25 @@ def test_return_ffn_gives_each_layers_feed_forward_output(stable):
             plain = backbone.layer(i, plain, mask)  # asking for the FFN output changes nothing else
             torch.testing.assert_close(ffn, seen[i - 1], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(x, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stable,norm", [(False, "group"), (True, "layer")])
+def test_encode_with_masking_and_layerdrop_matches_transformers_in_training(stable, norm):
+    """Pretraining and the teacher report run the backbone's own layer stepping: in training mode, with
+    masked frames, dropout and layerdrop, a seeded run gives transformers' HubertModel forward exactly."""
+    torch.manual_seed(0)
+    config = tiny_config(stable=stable, norm=norm, layerdrop=0.5, hidden_dropout=0.1, activation_dropout=0.1)
+    backbone = HubertBackbone.from_config(config).train()
+    wavs, lengths = padded_batch([16000, 9000, 4321])
+    frames = backbone.frame_lengths(lengths)
+    valid = torch.arange(int(frames.max()))[None] < frames[:, None]
+    masked = (torch.rand(valid.shape) < 0.4) & valid
+    attention = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long()
+    for seed in range(4):  # layerdrop drops other layers under each seed
+        torch.manual_seed(seed)
+        expected = backbone.model(wavs, attention_mask=attention, mask_time_indices=masked).last_hidden_state
+        torch.manual_seed(seed)
+        got, mask = backbone.encode(wavs, lengths, masked, layerdrop=config.layerdrop)
+        torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=0, msg=f"seed {seed}")
+        assert torch.equal(mask, valid)
+    assert not torch.equal(got[masked], backbone.encode(wavs, lengths)[0][masked])  # the mask did something

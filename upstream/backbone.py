@@ -123,8 +123,13 @@ class HubertBackbone(nn.Module):
         return self.model._get_feat_extract_output_lengths(lengths).long()
 
     # -- stepping ---------------------------------------------------------------------------------
-    def embed(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Waveforms (B, T) + lengths (B,) -> (state 0 of shape (B, T', D), frame mask (B, T') bool)."""
+    def embed(
+        self, wavs: torch.Tensor, lengths: torch.Tensor | None = None, mask_time_indices: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms (B, T) + lengths (B,) -> (state 0 of shape (B, T', D), frame mask (B, T') bool).
+
+        `mask_time_indices` (B, T') bool: frames replaced by the learned mask embedding before the positional
+        conv, as transformers' HubertModel does for masked prediction (pretraining, the teacher report)."""
         lengths = check_batch(wavs, lengths, self.min_samples)
         wavs = wavs.to(self.model.feature_projection.projection.weight.dtype)  # float64 from soundfile, fp16, ...
         if self.config.normalize_waveform:
@@ -134,6 +139,8 @@ class HubertBackbone(nn.Module):
         frames = self.frame_lengths(lengths)
         mask = torch.arange(features.shape[1], device=wavs.device)[None, :] < frames[:, None]
         x = model.feature_projection(features)
+        if mask_time_indices is not None:
+            x = torch.where(mask_time_indices[..., None], model.masked_spec_embed.to(x.dtype), x)
         x = x.masked_fill(~mask[..., None], 0.0)  # padded frames must not leak through the positional conv
         encoder = model.encoder
         x = x + encoder.pos_conv_embed(x)
@@ -200,6 +207,26 @@ class HubertBackbone(nn.Module):
             x = self.layer(i, x, mask, bias)
             states.append(x)
         return states
+
+    def encode(
+        self,
+        wavs: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        layerdrop: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last state (B, T', D) and the frame mask, all layers run: what transformers' HubertModel
+        returns as `last_hidden_state`. In training mode each layer is skipped with probability `layerdrop`
+        (one draw per layer, in transformers' order, so a seeded run matches it)."""
+        x, mask = self.embed(wavs, lengths, mask_time_indices)
+        bias = self.attention_bias(mask, x.dtype)
+        for i in range(1, self.num_layers + 1):
+            dropped = bool(torch.rand([]) < layerdrop) and self.training
+            if not dropped:
+                x = self.layer(i, x, mask, bias)
+            elif i == self.num_layers and self.config.do_stable_layer_norm:
+                x = self.model.encoder.layer_norm(x)  # the final norm comes after the layers, run or not
+        return x, mask
 
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         return self.hidden_states(wavs, lengths)

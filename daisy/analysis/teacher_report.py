@@ -14,45 +14,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
 from daisy.data.batching import batches
 from daisy.features import mfcc
 from daisy.model import load_teacher
 from daisy.targets import KMeansTargets
-from daisy.upstream import HubertBackbone, normalize_each
+from daisy.upstream import HubertBackbone
 
 
 @torch.no_grad()
 def masked_prediction(model_dir: str | Path, wavs: list[np.ndarray], seed: int = 0) -> dict:
     """Masked accuracy (HuBERT's masking: prob 0.8, span 10) and own-argmax usage on clean `wavs`."""
     model_dir = Path(model_dir)
-    hubert = HubertModel.from_pretrained(model_dir).eval()
+    backbone = HubertBackbone.from_pretrained(model_dir)  # also labels frames where the codebook is of its own layer
     teacher = load_teacher(model_dir / "teacher_head.safetensors")
     km = KMeansTargets.load(model_dir / "kmeans.safetensors")
     if teacher is None:
         raise ValueError(f"{model_dir}: no teacher_head.safetensors (not a daisy pretrain export)")
-    backbone = HubertBackbone(hubert)  # for a codebook of this model's own layer states
     rng = np.random.default_rng(seed)
     correct = total = 0
     own, labels_all = [], []
     for _, padded, lengths in batches(wavs, 8):
-        frames = hubert._get_feat_extract_output_lengths(lengths).long()
+        frames = backbone.frame_lengths(lengths)
         # the features the codebook was fitted on: MFCC, or a layer of its source model (HuBERT iteration 2)
         labels = km.targets(padded, lengths, backbone, frames=frames)
         valid = torch.arange(labels.shape[1])[None] < frames[:, None]
         labels = labels.masked_fill(~valid, -1)
-        attention = (torch.arange(padded.shape[1])[None] < lengths[:, None]).long()
-        if backbone.config.normalize_waveform:  # the model's input as in pretraining; labels stay on the raw audio
-            padded = normalize_each(padded, lengths)
         np.random.seed(int(rng.integers(2**31)))  # noqa: NPY002 - transformers' masking uses numpy's global RNG
         mask = torch.from_numpy(_compute_mask_indices(tuple(labels.shape), 0.8, 10, valid.long(), 2)) & valid
-        hidden = hubert(padded, attention_mask=attention, mask_time_indices=mask).last_hidden_state
+        hidden, _ = backbone.encode(padded, lengths, mask)  # input normalised as in pretraining; labels on raw audio
         pred = teacher(hidden)
         correct += int((pred[mask] == labels[mask]).sum())
         total += int(mask.sum())
-        plain = teacher(hubert(padded, attention_mask=attention).last_hidden_state)
+        plain = teacher(backbone.encode(padded, lengths)[0])
         own.append(plain[valid])
         labels_all.append(labels[valid])
     own_ids, target_ids = torch.cat(own), torch.cat(labels_all)
