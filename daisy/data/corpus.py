@@ -1,8 +1,10 @@
 """The embedded synthetic corpus: espeak-ng speech from deterministic sentences and speakers.
 
 Speakers are espeak voices x variants x pitch x rate, each with a stable id; sentences come from a
-small grammar driven by a seeded RNG. The corpus is cached on disk under a key of its config (wav
-files + `manifest.jsonl`) and rebuilt only when the config (or SYNTHESIS_VERSION) changes.
+small grammar driven by a seeded RNG. `engine="kokoro"` speaks with Kokoro-82M voices and their mixes
+instead (daisy.data.kokoro, the optional `tts` extra), `"mixed"` with half of the speakers from each. The
+corpus is cached on disk under a key of its config (wav files + `manifest.jsonl`) and rebuilt only when
+the config (or SYNTHESIS_VERSION) changes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from daisy.progress import progress
 # Part of the cache key: bumped whenever synthesis gives other samples for the same config, so that stale
 # caches are rebuilt (2: espeak's breath noise no longer depends on the clock).
 SYNTHESIS_VERSION = 2
+ENGINES = ("espeak", "kokoro", "mixed")
 
 _NOUNS = (
     "man woman child dog cat bird horse teacher doctor farmer sailor king queen river mountain city village "
@@ -116,9 +119,16 @@ class CorpusConfig:
     pitches: tuple[int, ...] = (30, 42, 54, 66, 78)
     rates: tuple[int, ...] = (130, 155, 180, 205)
     extra: dict = field(default_factory=dict)
+    engine: str = "espeak"  # one of ENGINES
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown corpus engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
 
     def key(self) -> str:
         fields = {**asdict(self), "synthesis": SYNTHESIS_VERSION}
+        if self.engine == "espeak":  # espeak corpora keep the keys they had before there were engines
+            del fields["engine"]
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     @classmethod
@@ -140,7 +150,18 @@ class Utterance:
 
 
 def choose_speakers(config: CorpusConfig):
-    """`config.speakers` distinct voices, drawn deterministically from the available combinations."""
+    """`config.speakers` distinct voices, drawn deterministically: espeak ones from the available combinations,
+    Kokoro ones (daisy.data.kokoro.KokoroVoice) from its style tables and their mixes, as `config.engine` says."""
+    from daisy.data import kokoro
+
+    neural = {"espeak": 0, "kokoro": config.speakers, "mixed": config.speakers // 2}[config.engine]
+    speakers = _espeak_speakers(config, config.speakers - neural) if neural < config.speakers else []
+    if neural:
+        speakers += kokoro.random_voices(neural, config.seed)
+    return sorted(speakers, key=lambda s: s.id)
+
+
+def _espeak_speakers(config: CorpusConfig, count: int):
     from daisy.data import synth
 
     available = set(synth.english_voices())
@@ -156,12 +177,12 @@ def choose_speakers(config: CorpusConfig):
         for p in config.pitches
         for r in config.rates
     ]
-    return sorted(random.Random(config.seed).sample(combos, min(config.speakers, len(combos))), key=lambda s: s.id)
+    return sorted(random.Random(config.seed).sample(combos, min(count, len(combos))), key=lambda s: s.id)
 
 
 def build_corpus(root: str | Path, config: CorpusConfig | None = None) -> Path:
     """Synthesise (or reuse) the corpus for `config` under `root`; returns its folder."""
-    from daisy.data import synth
+    from daisy.data import kokoro, synth
 
     config = config or CorpusConfig()
     folder = Path(root) / f"synthetic-{config.key()}"
@@ -177,7 +198,8 @@ def build_corpus(root: str | Path, config: CorpusConfig | None = None) -> Path:
             for i, split in enumerate(splits):
                 speaker = speakers[rng.randrange(len(speakers))]
                 text = sentence(rng)
-                wav = synth.synthesize(text, speaker)
+                engine = kokoro if isinstance(speaker, kokoro.KokoroVoice) else synth
+                wav = engine.synthesize(text, speaker)
                 name = f"{split}/{i:06d}.wav"
                 audio.save(tmp / name, wav)
                 rows.append(
