@@ -232,11 +232,17 @@ class HubertBackbone(nn.Module):
         return self.hidden_states(wavs, lengths)
 
 
-def normalize_each(wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over each utterance's valid samples (fairseq's `normalize: true`). The epsilon
-    is far below layer_norm's 1e-5, which would leave quiet input (below about -40 dBFS) short of unit
-    variance and so its level visible to the model; 1e-10 keeps that floor near -100 dBFS."""
+# transformers' Wav2Vec2FeatureExtractor (`zero_mean_unit_var_norm`), the preprocessor an HF-format HuBERT
+# with `do_normalize` is used with: states then match it for quiet input too (-60 dBFS and below, where the
+# epsilon shows). fairseq and s3prl's own HuBERT use layer_norm's 1e-5.
+NORMALIZE_EPS = 1e-7
+
+
+def normalize_each(wavs: torch.Tensor, lengths: torch.Tensor, eps: float = NORMALIZE_EPS) -> torch.Tensor:
+    """Zero mean, unit variance over each utterance's valid samples (fairseq's `normalize: true`), dividing by
+    sqrt(variance + eps). With transformers' 1e-7, input below about -70 dBFS RMS is not fully scaled up,
+    exactly as transformers' feature extractor leaves it."""
     out = torch.zeros_like(wavs)
     for b, n in enumerate(lengths.tolist()):
-        out[b, :n] = torch.nn.functional.layer_norm(wavs[b, :n], (n,), eps=1e-10)
+        out[b, :n] = torch.nn.functional.layer_norm(wavs[b, :n], (n,), eps=eps)
     return out
