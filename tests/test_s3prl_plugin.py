@@ -195,6 +195,10 @@ def test_fixed_layer_from_yaml(s3prl_nn, model_dir, tmp_path):
         ("daisy_hubert_fixed", {"policy": "entropy", "layer": 2}, "use daisy_hubert"),
         ("daisy_hubert", {"policy": "fixed", "threshold": 1.0}, "do not fit"),
         ("daisy_hubert", {"policy": "nope"}, "unknown policy"),
+        ("daisy_hubert", {"target_depth": 1.0}, "target_depth 1.0 is not a setting"),
+        ("daisy_hubert", {"policy": "budget", "threshold": 0.5, "target_depth": 3.0}, "calibrate"),
+        ("daisy_hubert", {"policy": "budget"}, "policy 'budget' needs threshold"),
+        ("daisy_hubert", {"train_exits": "dropout"}, "train_exits 'dropout': choose one of eval, live"),
         (
             "daisy_hubert",
             {"task": "sid"},
@@ -269,3 +273,119 @@ def test_runner_checkpoints_need_the_namespace_shim(s3prl_nn, tmp_path):
     torch.save({"Args": argparse.Namespace(upstream="daisy_hubert")}, tmp_path / "states.ckpt")
     with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
         torch.load(tmp_path / "states.ckpt")
+
+
+# -- import order: s3prl before or after daisy.upstream / register() -------------------------------------
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_daisy_first_needs_no_register(model_dir):
+    """`import daisy.upstream` before s3prl: s3prl.hub gets our names as it loads, without register()."""
+    code = f"""
+import daisy.upstream
+import torch
+from s3prl.nn import S3PRLUpstream
+upstream = S3PRLUpstream("daisy_hubert", path_or_url={str(model_dir)!r}).eval()
+with torch.no_grad():
+    states, _ = upstream(torch.randn(1, 8000), torch.tensor([8000]))
+print(len(states))
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("4")
+
+
+def test_s3prl_first_then_daisy(model_dir):
+    """s3prl imported before daisy: where torchaudio's extension cannot load (a CPU torch next to PyPI's
+    CUDA torchaudio wheel) that import fails by itself, and succeeds once daisy.upstream is imported; where
+    it loads, s3prl.hub gets our names when daisy.upstream is imported. Either way no register() is needed."""
+    code = f"""
+try:
+    import s3prl.hub
+    print("s3prl loaded first:", hasattr(s3prl.hub, "daisy_hubert"))
+except OSError as e:
+    print("s3prl alone:", type(e).__name__, "_torchaudio" in str(e))
+import daisy.upstream
+import s3prl.hub
+from s3prl.nn import S3PRLUpstream
+print("names:", "daisy_hubert" in dir(s3prl.hub), "daisy_hubert" in S3PRLUpstream.available_names())
+print(type(S3PRLUpstream("daisy_hubert", path_or_url={str(model_dir)!r}).upstream).__name__)
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] in ("s3prl alone: OSError True", "s3prl loaded first: False")
+    assert lines[-2:] == ["names: True True", "UpstreamExpert"]
+
+
+# -- training mode (the runner's -f) ----------------------------------------------------------------------
+def varied_wavs(n=12):
+    from conftest import varied_batch
+
+    wavs, lengths = varied_batch(n)
+    return [w[:k] for w, k in zip(wavs, lengths.tolist())]
+
+
+@pytest.fixture
+def near_threshold(s3prl_nn, model_dir):
+    """An expert whose threshold is the median first-layer entropy of `varied_wavs`: dropout moves some
+    utterances across it."""
+    import s3prl.hub
+
+    expert = s3prl.hub.daisy_hubert(ckpt=str(model_dir)).eval()
+    wavs = varied_wavs()
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    with torch.no_grad():
+        entropy = expert.model.trace(batch, torch.tensor([len(w) for w in wavs])).scores["entropy"]
+    expert.model.policy = policies.Entropy(threshold=float(entropy[:, 0].median()))
+    return expert, wavs
+
+
+def test_training_mode_exits_as_in_eval_mode(near_threshold):
+    expert, wavs = near_threshold
+    with torch.no_grad():
+        evaluated = expert(wavs)["exit_layers"]
+    assert len(set(evaluated.tolist())) > 1  # precondition: exits differ between utterances
+    expert.train()
+    torch.manual_seed(0)
+    runs = [expert(wavs) for _ in range(3)]
+    for out in runs:
+        assert out["exit_layers"].tolist() == evaluated.tolist()
+    assert expert.model.training and expert.model.heads.training  # the decision pass left the modes as they were
+    assert not torch.allclose(runs[0]["hidden_states"][-1], runs[1]["hidden_states"][-1])  # dropout is on
+    runs[0]["last_hidden_state"].pow(2).mean().backward()  # gradients reach the backbone
+    assert expert.model.backbone.model.encoder.layers[0].feed_forward.output_dense.weight.grad.abs().sum() > 0
+
+
+def test_live_training_exits_move_with_dropout(s3prl_nn, model_dir):
+    """What `train_exits: eval` prevents: deciding on the training pass, exits change from call to call."""
+    import s3prl.hub
+
+    live = s3prl.hub.daisy_hubert(ckpt=str(model_dir), train_exits="live").train()
+    wavs = varied_wavs()
+    batch, lengths = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), torch.tensor([len(w) for w in wavs])
+    torch.manual_seed(0)
+    with torch.no_grad():  # a threshold amid the entropies dropout gives (it lowers them here)
+        entropy = live.model.trace(batch, lengths).scores["entropy"]
+        live.model.policy = policies.Entropy(threshold=float(entropy[:, 0].median()))
+        exits = {tuple(live(wavs)["exit_layers"].tolist()) for _ in range(5)}
+    assert len(exits) > 1
+
+
+def test_training_pass_without_dropout_equals_eval_mode(near_threshold):
+    """The training pass's states (each utterance run to its exit, the exit state repeated past it) are
+    the eval-mode model's own once dropout is off."""
+    expert, wavs = near_threshold
+    with torch.no_grad():
+        evaluated = expert(wavs)
+        for module in expert.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            elif isinstance(getattr(module, "dropout", None), float):  # attention: a rate given to sdpa
+                module.dropout = 0.0
+        trained = expert.train()(wavs)
+    assert trained["exit_layers"].tolist() == evaluated["exit_layers"].tolist()
+    frames = expert.model.backbone.frame_lengths(torch.tensor([len(w) for w in wavs]))
+    states = [*evaluated["hidden_states"], evaluated["last_hidden_state"]]
+    assert_states_equal(states, [*trained["hidden_states"], trained["last_hidden_state"]], frames)
