@@ -174,3 +174,42 @@ def test_encode_with_masking_and_layerdrop_matches_transformers_in_training(stab
         torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=0, msg=f"seed {seed}")
         assert torch.equal(mask, valid)
     assert not torch.equal(got[masked], backbone.encode(wavs, lengths)[0][masked])  # the mask did something
+
+
+def test_load_backbone_gives_the_hubert_backbone_for_hubert_directories(tmp_path, tiny_backbone):
+    from daisy.upstream import Backbone, load_backbone
+
+    tiny_backbone.save_pretrained(tmp_path)
+    loaded = load_backbone(tmp_path)
+    assert type(loaded) is HubertBackbone and isinstance(loaded, Backbone)
+    wavs, lengths = padded_batch([5000, 3000])
+    with torch.no_grad():
+        for a, b in zip(tiny_backbone.hidden_states(wavs, lengths), loaded.hidden_states(wavs, lengths)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_load_backbone_reads_s3prl_checkpoints_as_hubert(tmp_path):
+    from daisy.upstream import WavLMBackbone, load_backbone
+
+    s3prl_test = pytest.importorskip("test_s3prl_checkpoint")
+    s3prl_test.make_s3prl_checkpoint(tmp_path / "h.pt", layer_norm_first=True, extractor_mode="layer_norm")
+    loaded = load_backbone(tmp_path / "h.pt")
+    assert type(loaded) is HubertBackbone and loaded.config.do_stable_layer_norm
+    wavs, lengths = padded_batch([5000, 3000])
+    with torch.no_grad():
+        expected = HubertBackbone.from_pretrained(tmp_path / "h.pt").hidden_states(wavs, lengths)
+        for a, b in zip(expected, loaded.hidden_states(wavs, lengths)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="h.pt: a checkpoint file is read as an s3prl HuBERT, not a WavLM$"):
+        WavLMBackbone.from_pretrained(tmp_path / "h.pt")
+
+
+def test_hubert_backbone_refuses_other_models():
+    from transformers import WavLMConfig, WavLMModel
+
+    with pytest.raises(
+        ValueError, match="HubertBackbone runs hubert models, not 'wavlm'; daisy.upstream.load_backbone"
+    ):
+        HubertBackbone(
+            WavLMModel(WavLMConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, conv_dim=(8,) * 7))
+        )

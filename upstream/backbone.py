@@ -1,4 +1,4 @@
-"""A HuBERT backbone that runs one transformer layer at a time.
+"""A speech backbone (HuBERT, wav2vec 2.0, WavLM, data2vec-audio) that runs one transformer layer at a time.
 
 Layer numbering follows transformers' `output_hidden_states`: state 0 is the input of the first
 transformer layer (conv features, projection, positional conv and, for post-norm models, the encoder
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import HubertConfig, HubertModel
+from transformers import PretrainedConfig, PreTrainedModel
 
-from daisy.upstream.checkpoints import load_backbone_model, save_hubert
+from daisy.upstream.checkpoints import load_backbone_model, save_hubert, transformers_model_class
 from daisy.upstream.presets import preset_config
 
 MIN_SAMPLES = 400  # receptive field of one frame of the standard conv front-end
@@ -55,13 +55,19 @@ def check_batch(wavs: torch.Tensor, lengths: torch.Tensor | None, min_samples: i
     return lengths
 
 
-class HubertBackbone(nn.Module):
-    """transformers' `HubertModel`, exposed as `embed` + `layer(i)` so a caller can stop at any layer."""
+class Backbone(nn.Module):
+    """A transformers wav2vec 2.0-style model (conv front-end, feature projection, positional conv, transformer
+    layers: HuBERT, wav2vec 2.0, data2vec-audio; WavLM in `daisy.upstream.families`) exposed as `embed` +
+    `layer(i)`, so a caller can stop at any layer. `model_types` lists the config.json model types a class runs;
+    `daisy.upstream.load_backbone` picks the class for a directory."""
 
+    model_types: tuple[str, ...] = ("hubert", "wav2vec2", "data2vec-audio")
     downsample_rate = 320
+    first_droppable_layer = 1  # layerdrop may skip layers from this one on (transformers' encoder loop)
 
-    def __init__(self, model: HubertModel, normalize_waveform: bool | None = None):
+    def __init__(self, model: PreTrainedModel, normalize_waveform: bool | None = None):
         super().__init__()
+        self._check_model_type(model.config.model_type)
         self.model = model
         config = model.config
         if math.prod(config.conv_stride) != self.downsample_rate:
@@ -71,11 +77,25 @@ class HubertBackbone(nn.Module):
         if normalize_waveform is None:
             normalize_waveform = bool(getattr(config, "normalize_waveform", False))
         config.normalize_waveform = normalize_waveform
+        # data2vec-audio has one architecture and its config names neither choice: its conv front-end is
+        # layer-normed and its encoder post-norm. Recorded so every family answers the same questions.
+        if not hasattr(config, "feat_extract_norm"):
+            config.feat_extract_norm = "layer"
+        if not hasattr(config, "do_stable_layer_norm"):
+            config.do_stable_layer_norm = False
         self.min_samples = self._receptive_field(config)
         self._ffn_out: list | None = None  # filled by the feed-forward hooks once return_ffn is first asked for
 
+    @classmethod
+    def _check_model_type(cls, model_type: str) -> None:
+        if model_type not in cls.model_types:
+            raise ValueError(
+                f"{cls.__name__} runs {', '.join(cls.model_types)} models, not {model_type!r}; "
+                "daisy.upstream.load_backbone picks the backbone for any supported model"
+            )
+
     @staticmethod
-    def _receptive_field(config: HubertConfig) -> int:
+    def _receptive_field(config: PretrainedConfig) -> int:
         field = 1
         for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
             field = (field - 1) * stride + kernel
@@ -83,31 +103,26 @@ class HubertBackbone(nn.Module):
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: HubertConfig) -> HubertBackbone:
-        return cls(HubertModel(config).eval())
+    def from_config(cls, config: PretrainedConfig) -> Backbone:
+        """A randomly initialised backbone of this transformers config (HubertConfig, Wav2Vec2Config, ...)."""
+        cls._check_model_type(config.model_type)
+        return cls(transformers_model_class(config.model_type)(config).eval())
 
     @classmethod
-    def from_preset(cls, name: str, seed: int | None = 0, **overrides) -> HubertBackbone:
-        """A randomly initialised backbone of a named size (`tiny`, `base`, `large`)."""
-        if seed is not None:
-            torch.manual_seed(seed)
-        return cls.from_config(preset_config(name, **overrides))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> HubertBackbone:
-        """Load a transformers `save_pretrained` directory (daisy model directories are one too) or an
-        s3prl-converted fairseq HuBERT checkpoint file."""
-        model, normalize = load_backbone_model(path)
+    def from_pretrained(cls, path: str | Path) -> Backbone:
+        """Load a transformers `save_pretrained` directory of a model type this class runs (daisy model
+        directories are one too) or an s3prl-converted fairseq HuBERT checkpoint file."""
+        model, normalize = load_backbone_model(path, cls.model_types)
         return cls(model.eval(), normalize_waveform=normalize)
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
-        """Write transformers' format (`config.json` + `model.safetensors`, loadable by `HubertModel`) and its
-        feature extractor config (`preprocessor_config.json`: whether input is normalised)."""
+        """Write transformers' format (`config.json` + `model.safetensors`, loadable by the transformers model)
+        and its feature extractor config (`preprocessor_config.json`: whether input is normalised)."""
         save_hubert(self.model, path, state_dict)
 
     # -- geometry ---------------------------------------------------------------------------------
     @property
-    def config(self) -> HubertConfig:
+    def config(self) -> PretrainedConfig:
         return self.model.config
 
     @property
@@ -119,7 +134,10 @@ class HubertBackbone(nn.Module):
         return self.config.hidden_size
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Frames produced for `lengths` samples (transformers' own formula)."""
+        """Frames produced for `lengths` samples (transformers' own formula; a wav2vec 2.0 adapter, which
+        strides only transformers' last_hidden_state further, is not run and so not counted)."""
+        if getattr(self.config, "add_adapter", False):
+            return self.model._get_feat_extract_output_lengths(lengths, add_adapter=False).long()
         return self.model._get_feat_extract_output_lengths(lengths).long()
 
     # -- stepping ---------------------------------------------------------------------------------
@@ -129,16 +147,18 @@ class HubertBackbone(nn.Module):
         """Waveforms (B, T) + lengths (B,) -> (state 0 of shape (B, T', D), frame mask (B, T') bool).
 
         `mask_time_indices` (B, T') bool: frames replaced by the learned mask embedding before the positional
-        conv, as transformers' HubertModel does for masked prediction (pretraining, the teacher report)."""
+        conv, as transformers' models do for masked prediction (pretraining, the teacher report)."""
         lengths = check_batch(wavs, lengths, self.min_samples)
-        wavs = wavs.to(self.model.feature_projection.projection.weight.dtype)  # float64 from soundfile, fp16, ...
+        model = self.model
+        wavs = wavs.to(model.feature_projection.projection.weight.dtype)  # float64 from soundfile, fp16, ...
         if self.config.normalize_waveform:
             wavs = normalize_each(wavs, lengths)
-        model = self.model
         features = model.feature_extractor(wavs).transpose(1, 2)
         frames = self.frame_lengths(lengths)
         mask = torch.arange(features.shape[1], device=wavs.device)[None, :] < frames[:, None]
         x = model.feature_projection(features)
+        if isinstance(x, tuple):  # all but HuBERT also return the normed conv features (for quantisation)
+            x = x[0]
         if mask_time_indices is not None:
             x = torch.where(mask_time_indices[..., None], model.masked_spec_embed.to(x.dtype), x)
         x = x.masked_fill(~mask[..., None], 0.0)  # padded frames must not leak through the positional conv
@@ -154,17 +174,22 @@ class HubertBackbone(nn.Module):
             return None
         return (~mask)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
 
+    def _run_layer(self, module: nn.Module, x: torch.Tensor, bias) -> torch.Tensor:
+        """One transformers encoder layer on x, given `attention_bias`'s output (the per-family part)."""
+        out = module(x, attention_mask=bias)
+        return out[0] if isinstance(out, tuple) else out
+
     def layer(
         self,
         i: int,
         x: torch.Tensor,
         mask: torch.Tensor,
-        bias: torch.Tensor | None = None,
+        bias=None,
         return_ffn: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run transformer layer i (1-based) on state i-1 -> state i.
 
-        `bias` is `attention_bias(mask)`, which callers stepping many layers may compute once.
+        `bias` is `attention_bias(mask, x.dtype)`, which callers stepping many layers may compute once.
         `return_ffn` also returns the layer's feed-forward output before the residual add and the
         layer norm (fairseq's `layer_result`, DAISY's "before-norm" head input): (state, ffn).
         """
@@ -172,11 +197,9 @@ class HubertBackbone(nn.Module):
             raise ValueError(f"layer index {i} out of range 1..{self.num_layers}")
         if bias is None:
             bias = self.attention_bias(mask, x.dtype)
-        module = self.model.encoder.layers[i - 1]
         if return_ffn:
             self._capture_ffn()[0] = None
-        out = module(x, attention_mask=bias)
-        x = out[0] if isinstance(out, tuple) else out
+        x = self._run_layer(self.model.encoder.layers[i - 1], x, bias)
         if i == self.num_layers and self.config.do_stable_layer_norm:
             x = self.model.encoder.layer_norm(x)
         if not return_ffn:
@@ -215,13 +238,13 @@ class HubertBackbone(nn.Module):
         mask_time_indices: torch.Tensor | None = None,
         layerdrop: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last state (B, T', D) and the frame mask, all layers run: what transformers' HubertModel
-        returns as `last_hidden_state`. In training mode each layer is skipped with probability `layerdrop`
-        (one draw per layer, in transformers' order, so a seeded run matches it)."""
+        """The last state (B, T', D) and the frame mask, all layers run: what the transformers model returns
+        as `last_hidden_state`. In training mode each layer is skipped with probability `layerdrop` (one draw
+        per layer, in transformers' order, so a seeded run matches it)."""
         x, mask = self.embed(wavs, lengths, mask_time_indices)
         bias = self.attention_bias(mask, x.dtype)
         for i in range(1, self.num_layers + 1):
-            dropped = bool(torch.rand([]) < layerdrop) and self.training
+            dropped = bool(torch.rand([]) < layerdrop) and self.training and i >= self.first_droppable_layer
             if not dropped:
                 x = self.layer(i, x, mask, bias)
             elif i == self.num_layers and self.config.do_stable_layer_norm:
@@ -230,6 +253,19 @@ class HubertBackbone(nn.Module):
 
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         return self.hidden_states(wavs, lengths)
+
+
+class HubertBackbone(Backbone):
+    """transformers' `HubertModel`, stepped layer by layer (and the model daisy pretrains)."""
+
+    model_types = ("hubert",)
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int | None = 0, **overrides) -> HubertBackbone:
+        """A randomly initialised backbone of a named size (`tiny`, `base`, `large`)."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls.from_config(preset_config(name, **overrides))
 
 
 # transformers' Wav2Vec2FeatureExtractor (`zero_mean_unit_var_norm`), the preprocessor an HF-format HuBERT

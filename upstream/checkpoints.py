@@ -1,6 +1,7 @@
-"""Loading HuBERT weights from the formats users have on disk.
+"""Loading backbone weights from the formats users have on disk.
 
-- a transformers `save_pretrained` directory (`config.json` + weights); daisy model directories are one;
+- a transformers `save_pretrained` directory (`config.json` + weights) of a HuBERT, wav2vec 2.0, WavLM or
+  data2vec-audio model (config.json's model_type says which); daisy model directories are one;
 - an s3prl "converted" fairseq checkpoint: a torch pickle holding `task_cfg`, `model_cfg`,
   `model_weight` (fairseq parameter names) and `dictionaries_symbols`, as written by s3prl's
   `upstream/hubert/convert.py`. Its weights are renamed onto transformers' `HubertModel` with the
@@ -19,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+from transformers import (
+    Data2VecAudioModel,
+    HubertConfig,
+    HubertModel,
+    PreTrainedModel,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+    WavLMModel,
+)
 
 from daisy.io import recover_dir  # a leaf module (stdlib only): no import cycle
 
@@ -37,8 +46,30 @@ class ConvertedCheckpoint:
     num_classes: list[int] = field(default_factory=list)
 
 
-def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
-    """(HubertModel in eval mode, whether waveforms are normalised per utterance) from `path`."""
+# config.json's model_type -> the transformers model that reads it, and its name in messages
+TRANSFORMERS_MODELS: dict[str, tuple[type[PreTrainedModel], str]] = {
+    "hubert": (HubertModel, "HuBERT"),
+    "wav2vec2": (Wav2Vec2Model, "wav2vec 2.0"),
+    "wavlm": (WavLMModel, "WavLM"),
+    "data2vec-audio": (Data2VecAudioModel, "data2vec-audio"),
+}
+
+
+def transformers_model_class(model_type: str) -> type[PreTrainedModel]:
+    if model_type not in TRANSFORMERS_MODELS:
+        raise ValueError(f"unsupported model type {model_type!r} (supported: {', '.join(TRANSFORMERS_MODELS)})")
+    return TRANSFORMERS_MODELS[model_type][0]
+
+
+def _names(model_types: tuple[str, ...]) -> str:
+    """("hubert",) -> "HuBERT"; several -> "HuBERT, wav2vec 2.0 or WavLM"."""
+    names = [TRANSFORMERS_MODELS[t][1] for t in model_types]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def load_backbone_model(path: str | Path, model_types: tuple[str, ...] = ("hubert",)) -> tuple[PreTrainedModel, bool]:
+    """(transformers model in eval mode, whether waveforms are normalised per utterance) from `path`, which
+    must hold one of `model_types` (config.json's model_type; an s3prl checkpoint file is a HuBERT)."""
     path = Path(path)
     recover_dir(path)  # a model folder whose rewrite was killed mid-swap is put back first
     if path.is_dir():
@@ -49,16 +80,19 @@ def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
             model_type = json.loads((path / "config.json").read_text()).get("model_type")
         except (json.JSONDecodeError, AttributeError) as e:
             raise ValueError(f"{path}/config.json: not a model config ({e})") from e
-        if model_type != "hubert":
-            raise ValueError(f"{path}/config.json describes a {model_type!r} model, not a HuBERT")
-        config = HubertConfig.from_pretrained(path)
+        if model_type not in model_types:
+            raise ValueError(f"{path}/config.json describes a {model_type!r} model, not a {_names(model_types)}")
+        model_class, name = TRANSFORMERS_MODELS[model_type]
+        config = model_class.config_class.from_pretrained(path)
         # weights may be stored in half precision (the shipped model is); compute runs in float32
         try:
-            model = HubertModel.from_pretrained(path).float()
+            model = model_class.from_pretrained(path).float()
         except Exception as e:  # no weights file, a corrupt one (safetensors' own error type), wrong shapes
-            raise ValueError(f"{path}: cannot load the HuBERT weights ({e})") from e
+            raise ValueError(f"{path}: cannot load the {name} weights ({e})") from e
         return model.eval(), _normalizes(path, config)
     if path.is_file():
+        if "hubert" not in model_types:
+            raise ValueError(f"{path}: a checkpoint file is read as an s3prl HuBERT, not a {_names(model_types)}")
         converted = read_s3prl_checkpoint(path)
         model = HubertModel(converted.config)
         missing, unexpected = model.load_state_dict(converted.state_dict, strict=False)
@@ -72,7 +106,7 @@ def load_backbone_model(path: str | Path) -> tuple[HubertModel, bool]:
     raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
 
 
-def _normalizes(path: Path, config: HubertConfig) -> bool:
+def _normalizes(path: Path, config) -> bool:
     """Whether `path`'s model takes each utterance at zero mean, unit variance: config.json's
     normalize_waveform (written by daisy), else its feature extractor's do_normalize (as transformers'
     own pipeline would apply it), else not."""
