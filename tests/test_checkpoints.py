@@ -157,6 +157,20 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_unrun(hostile):
     assert marker.exists()
 
 
+def test_a_transformers_folder_with_a_hostile_pickle_is_refused_unrun(hostile, tmp_path):
+    from transformers import HubertModel
+
+    from daisy.upstream import preset_config
+
+    path, marker = hostile
+    HubertModel(preset_config("tiny", num_hidden_layers=2)).save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    path.rename(tmp_path / "hf" / "pytorch_model.bin")  # transformers' older weights file: a pickle
+    with pytest.raises(ValueError, match=r"hf: cannot load the HuBERT weights \(Unable to load weights"):
+        HubertBackbone.from_pretrained(tmp_path / "hf")
+    assert not marker.exists()
+
+
 def test_a_fairseq_namespace_config_is_allowed(tmp_path):
     config = argparse.Namespace(encoder_layers=2, normalize=True)
     torch.save({"model_cfg": config, "model_weight": {"w": torch.ones(2)}}, tmp_path / "ns.pt")
