@@ -111,6 +111,37 @@ def test_bad_files_give_one_line_errors_and_a_nonzero_exit(model_dir, wavs, tmp_
     assert "exit layer" in result.output  # the good file still ran
 
 
+def test_exit_reports_hostile_or_odd_files_one_line_each_and_runs_the_rest(model_dir, wavs, tmp_path):
+    import os
+    import struct
+
+    import soundfile as sf
+    from test_audio import lying_flac
+
+    lying_flac(tmp_path / "huge.flac")  # claims 2^36 frames: 256 GiB if allocated
+    sf.write(tmp_path / "slow.wav", np.full(40000, 0.1, dtype=np.float32), 16000, subtype="PCM_16")
+    raw = bytearray((tmp_path / "slow.wav").read_bytes())
+    raw[24:32] = struct.pack("<II", 1, 2)  # declares 1 Hz: a 16,000x upsampling
+    (tmp_path / "slow.wav").write_bytes(bytes(raw))
+    (tmp_path / "cut.wav").write_bytes(wavs[1].read_bytes()[:20000])
+    audio.save(tmp_path / "quiet.wav", np.zeros(16000))
+    odd = tmp_path / os.fsdecode(b"caf\xe9.wav")
+    sf.write(os.fsencode(odd), np.full(16000, 0.1, dtype=np.float32), 16000)
+    files = [wavs[0], tmp_path / "huge.flac", tmp_path / "slow.wav", tmp_path / "cut.wav", tmp_path / "quiet.wav", odd]
+    result = runner.invoke(app, ["exit", "--model", str(model_dir), *map(str, files)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 8  # 4 results, 2 warnings, 2 errors
+    assert "huge.flac: header declares 4294967 s of audio" in result.output
+    assert "slow.wav: sample rate 1 Hz outside 1000..384000 Hz" in result.output
+    assert "cut.wav: truncated: its header declares 2.50 s, the file holds 0.62 s" in result.output
+    assert "quiet.wav: silent (every sample is 0)" in result.output
+    assert sum("\texit layer" in line for line in lines) == 4 and "caf\\xe9.wav\texit layer" in result.output
+    rows = json.loads(runner.invoke(app, ["exit", "--model", str(model_dir), "--json", *map(str, files)]).stdout)
+    assert [r["path"] for r in rows] == [str(f) for f in (wavs[0], *files[3:])]
+    assert [len(r["warnings"]) for r in rows] == [0, 1, 1, 0]
+
+
 def test_missing_model_is_a_one_line_error(tmp_path, wavs):
     result = runner.invoke(app, ["exit", "--model", str(tmp_path / "nope"), str(wavs[0])])
     assert result.exit_code == 1 and "no daisy.json" in result.output and "Traceback" not in result.output

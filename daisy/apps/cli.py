@@ -305,8 +305,9 @@ def exit_cmd(
     task: str = typer.Option(None, help="start from this task's saved policy (`daisy calibrate --task`)"),
 ):
     """Run early exit on audio files and print each file's exit layer (files that cannot be read are
-    reported on stderr and left out, also from --json)."""
+    reported on stderr and left out, also from --json; truncated or silent ones get a warning there)."""
     from daisy.apps.exit_files import exit_files
+    from daisy.io import shown
     from daisy.model import EarlyExitHubert
 
     try:
@@ -321,7 +322,9 @@ def exit_cmd(
         typer.echo(json.dumps(results, indent=2))
     else:  # plain lines, never wrapped, for pipes
         for r in results:
-            typer.echo(f"{r['path']}\texit layer {r['exit_layer']}/{r['num_layers']}\t{r['seconds']:.2f} s")
+            typer.echo(f"{shown(r['path'])}\texit layer {r['exit_layer']}/{r['num_layers']}\t{r['seconds']:.2f} s")
+    for message in [m for r in results for m in r["warnings"]]:
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
     for message in errors:
         err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if errors:
