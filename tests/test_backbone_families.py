@@ -138,9 +138,9 @@ def test_encode_with_masking_and_layerdrop_matches_transformers_in_training(tmp_
         torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=0, msg=f"seed {seed}")
 
 
-@pytest.mark.parametrize("family", ["wav2vec2", "wavlm"])
+@pytest.mark.parametrize("family", ["wav2vec2", "wavlm", "data2vec-audio"])
 def test_early_exit_runs_on_other_families(tmp_path, family):
-    """EarlyExitHubert on a wav2vec 2.0 or WavLM backbone: the live path (which trims the batch as
+    """EarlyExitHubert on a wav2vec 2.0, WavLM or data2vec-audio backbone: the live path (which trims the batch as
     utterances leave, so WavLM's bias is remade for the shorter width) equals the policy applied offline."""
     _, backbone = saved(tmp_path, family_config(family, norm="layer"))
     model = EarlyExitHubert.from_backbone(backbone, 12).eval()
