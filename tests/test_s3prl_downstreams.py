@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("s3prl", reason="s3prl extra not installed (pip install -e '.[s3prl]')")
 
@@ -60,7 +61,8 @@ def run(tmp_path, downstream: str, config: str, model_dir, *extra: str) -> tuple
 
 def test_fluent_commands(tmp_path, model_dir, capfd):
     """Intent classification (action, object, location) from `data/{train,valid,test}_data.csv`; audio read
-    with torchaudio.load, which here has no torchcodec: soundfile reads it."""
+    with torchaudio.load, which here has no torchcodec: soundfile reads it. With `-f`: the upstream
+    fine-tunes too (exits decided in eval mode, the training pass with dropout and gradients)."""
     root = tmp_path / "fluent_speech_commands_dataset"
     header = "path,speakerId,transcription,action,object,location\n"
     intents = [("activate", "lights", "kitchen"), ("deactivate", "music", "none")]
@@ -78,8 +80,11 @@ def test_fluent_commands(tmp_path, model_dir, capfd):
         f"  datarc: {{file_path: {root}, num_workers: 0, train_batch_size: 2, eval_batch_size: 2}}\n"
         f"  modelrc: {UTTERANCE_PROBE}\n"
     )
-    expdir, states = run(tmp_path, "fluent_commands", config, model_dir)
+    expdir, states = run(tmp_path, "fluent_commands", config, model_dir, "-f")
     assert states["Downstream"]["projector.weight"].shape == (8, 16)  # our hidden size in
+    before = load_file(model_dir / "model.safetensors")
+    name = "encoder.layers.0.feed_forward.output_dense.weight"
+    assert not torch.allclose(states["Upstream"][f"model.backbone.model.{name}"], before[name])  # fine-tuned
     predicted = (expdir / "test_predict.csv").read_text().splitlines()
     assert sorted(line.split(",")[0] for line in predicted) == ["utt6", "utt7"]
     assert all(line.split(",")[1] in ("activate", "deactivate") for line in predicted)
