@@ -539,5 +539,78 @@ def demo(
     run_demo(out_dir, DemoConfig(quick=quick, pretrain=pretrain, train_heads=train_heads, fresh=fresh))
 
 
+@app.command("asr-exits")
+def asr_exits_cmd(
+    model: Path = typer.Option(None, help="daisy model directory (default: the shipped model)"),
+    data: str = typer.Option(
+        "synthetic", help="'synthetic' (the embedded corpus) or asr=PATH: a LibriSpeech folder (train-*, test-*, dev-*)"
+    ),
+    out_dir: Path = typer.Option(Path("runs/asr-exits"), "--out", help="folder for results.json, results.md, plots"),
+    train: int = typer.Option(None, help="training utterances (default 600; --quick 32)"),
+    test: int = typer.Option(None, help="test utterances (default 150; --quick 12)"),
+    dev: int = typer.Option(None, help="held-out utterances the thresholds are set on (default 100; --quick 12)"),
+    steps: int = typer.Option(None, help="training steps per supervised system, hubert-ee: per stage (default 2000)"),
+    batch_size: int = typer.Option(None, help="training batch size (default 8; --quick 4)"),
+    thresholds: int = typer.Option(None, help="operating points per system and selection (default 8; --quick 3)"),
+    probe_size: str = typer.Option(None, help="DAISY's ASR probe: quick, cpu or paper (default cpu)"),
+    methods: str = typer.Option("daisy,hubert-ee,wright-scratch,wright-finetune", help="systems, comma-separated"),
+    seed: int = typer.Option(0, help="seed of training, noise and probes"),
+    quick: bool = typer.Option(False, help="tiny sizes for tests (a minute or two; CERs not meaningful)"),
+):
+    """CER against compute: DAISY's label-free exits beside supervised early-exit ASR (HuBERT-EE, Wright et al.)."""
+    from dataclasses import replace
+
+    from daisy.analysis import asr_exits as ax
+    from daisy.apps.demo import shipped_model
+    from daisy.data.sources import load_all, utterances
+    from daisy.downstream.tasks import corpus_tasks, parse_corpus_paths
+
+    sizes = {"train": 32, "test": 12, "dev": 12} if quick else {"train": 600, "test": 150, "dev": 100}
+    train, test, dev = (sizes[k] if v is None else v for k, v in (("train", train), ("test", test), ("dev", dev)))
+    for option, value in (("--train", train), ("--test", test), ("--dev", dev), ("--steps", steps)):
+        _at_least(option, value)
+    _at_least("--batch-size", batch_size)
+    base = ax.AsrExitsConfig.quick() if quick else ax.AsrExitsConfig()
+    try:
+        training = replace(
+            base.train,
+            **{k: v for k, v in (("steps", steps), ("branch_steps", steps), ("batch_size", batch_size)) if v},
+        )
+        config = replace(
+            base,
+            train=training,
+            methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+            seed=seed,
+            **{k: v for k, v in (("thresholds", thresholds), ("probe_size", probe_size)) if v is not None},
+        )
+        paths = None if data == "synthetic" else parse_corpus_paths(data)
+        if paths is not None and set(paths) != {"asr"}:
+            raise ValueError(f"--data {data}: asr-exits reads one ASR corpus (asr=PATH)")
+    except ValueError as e:
+        fail(str(e))
+    model = model or shipped_model()
+    if model is None:
+        fail("no --model given and no shipped model in this installation")
+    _writable_folder("--out", out_dir)
+    try:
+        if paths is None:
+            tr, te = utterances(data, "train", quick)[:train], utterances(data, "test", quick)[:test]
+            train_set = (load_all(tr), [u.text for u in tr])
+            test_set = (load_all(te), [u.text for u in te])
+            dev_wavs = load_all(utterances(data, "dev", quick)[:dev])
+        else:
+            corpus = corpus_tasks(paths, train, test, seed=seed, dev=dev)
+            sets = corpus.data["librispeech"]
+            train_set = (sets["train"].inputs, sets["train"].texts)
+            test_set = (sets["test"].inputs, sets["test"].texts)
+            dev_wavs = corpus.dev
+        summary = ax.run(model, train_set, dev_wavs, test_set, out_dir, config)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    for method, cost in summary["training"].items():
+        out.print(f"{method}: {cost['steps']} training steps, {cost['seconds']:.0f} s", highlight=False)
+    out.print(f"{len(summary['points'])} operating points; results in {out_dir}", highlight=False)
+
+
 if __name__ == "__main__":  # torchrun -m daisy.apps.cli ...
     app()
