@@ -32,9 +32,9 @@ from daisy.analysis.noise_sweep import CLEAN, SweepConfig, check_audible, condit
 from daisy.compute import compute_share
 from daisy.data.batching import batches
 from daisy.downstream import metrics
+from daisy.downstream import tasks as registry
 from daisy.downstream.minisuperb import SIZES, MiniSuperbConfig, evaluate, extract, train_probe
 from daisy.downstream.probes import CharVocab, ctc_greedy_decode
-from daisy.downstream import tasks as registry
 from daisy.downstream.tasks import TaskData
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
