@@ -67,3 +67,20 @@ def test_bad_options_are_one_line_errors(tmp_path, options, problem):
     result = CliRunner().invoke(app, ["asr-exits", "--quick", "--out", str(tmp_path / "o"), *options])
     assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_librispeech_folder_is_read_for_training_held_out_and_test_audio(tmp_path, one_thread):
+    from test_minisuperb_corpora import librispeech_tree
+
+    root = librispeech_tree(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["asr-exits", "--quick", "--data", f"asr={root}", "--methods", "wright-finetune", "--steps", "1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["utterances"] == {"train": 6, "dev": 2, "test": 4}  # train-*, dev-*, test-* subsets
+    assert {(p["method"], p["selection"]) for p in summary["points"]} == {
+        ("wright-finetune", "entropy"),
+        ("wright-finetune", "posterior"),
+    }
+    assert summary["training"]["wright-finetune"]["steps"] == 1
