@@ -4,7 +4,7 @@ import os
 import sys
 from pathlib import Path
 
-import torch
+from safetensors.torch import save_file
 
 from daisy.data.corpus import load_manifest
 from daisy.training.pretrain import PretrainConfig, pretrain
@@ -22,4 +22,4 @@ from daisy.training.train_heads import prepare_model  # noqa: E402
 early = prepare_model(model_dir)
 heads_config = HeadTrainConfig(steps=3, batch_size=2, checkpoint_every=10)
 train_heads(early, [u.load() for u in utts], out / "heads", heads_config)
-torch.save(early.heads.state_dict(), out / f"heads_rank{rank}.pt")
+save_file(early.heads.state_dict(), str(out / f"heads_rank{rank}.safetensors"))

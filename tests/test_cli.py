@@ -14,6 +14,7 @@ from daisy import audio
 from daisy.apps.cli import app, calibrate
 from daisy.calibration import RARE_EXITS
 from daisy.model import EarlyExitHubert, stored_dtype
+from daisy.run_state import save_state
 from daisy.targets import KMeansTargets
 from daisy.training.pretrain import PretrainConfig
 
@@ -224,12 +225,20 @@ def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):
     result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "holds labels of layer 2 states" in result.output
     # ... and its model: a checkpoint trained on normalised input is not resumed on raw input
-    (tmp_path / "norm").mkdir()
-    torch.save({"config": asdict(PretrainConfig(normalize=True))}, tmp_path / "norm" / "checkpoint.pt")
+    save_state(tmp_path / "norm", "checkpoint", {}, {"step": 3, "config": asdict(PretrainConfig(normalize=True))})
     result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "norm")])
     assert (
         result.exit_code == 1 and "trained with other normalize (normalize: stored True, asked False)" in result.output
     )
+    # a warm start needs an exported model, and never goes over a run's state
+    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "new"), "--init-from", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "--init-from" in result.output and "no model.safetensors" in result.output
+    args = ["pretrain", "--out", str(tmp_path / "norm"), "--normalize", "--init-from", str(model_dir)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "already holds step 3 of this run: resume it without --init-from" in result.output
+    # shipping needs the run's state
+    result = runner.invoke(app, ["ship", "--run", str(tmp_path / "new"), "--out", str(tmp_path / "shipped")])
+    assert result.exit_code == 1 and "no checkpoint.json" in result.output and "Traceback" not in result.output
 
 
 def test_bench_times_a_model_on_a_folder_and_writes_consistent_ratios(model_dir, wavs, tmp_path):

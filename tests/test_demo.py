@@ -1,7 +1,12 @@
-"""`daisy demo --quick` end to end: every stage runs, the report lands, a rerun reuses the outputs."""
+"""`daisy demo --quick` end to end: every stage runs, the report lands, a rerun reuses the outputs; a stage
+reruns when its settings, the corpus or the model change."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
 
 from daisy.apps.demo import DemoConfig, run_demo, shipped_recipe
 
@@ -47,3 +52,62 @@ def test_pretraining_from_scratch_uses_the_shipped_models_recipe():
     run_config = json.loads(Path("pretraining/hubert-tiny-synth/config.json").read_text())
     assert {k: getattr(recipe, k) for k in run_config} == run_config
     assert recipe.pred_nomask_weight == 0.5 and recipe.noise_prob == 0.5  # not HuBERT's defaults
+
+
+def test_a_stage_reruns_when_its_settings_corpus_or_model_change(tmp_path, monkeypatch):
+    from daisy.analysis import noise_sweep as ns
+    from daisy.apps import demo
+
+    calls = []
+
+    def sweep(model, wavs, config, *args, **kwargs):
+        calls.append((len(wavs), config.snrs))
+        return []
+
+    def write_results(rows, summary, model, folder, ids):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "noise_sweep.json").write_text(json.dumps({"summary": []}))
+
+    monkeypatch.setattr(ns, "sweep", sweep)
+    monkeypatch.setattr(ns, "write_results", write_results)
+    monkeypatch.setattr(ns, "summarize", lambda rows, model: [])
+    monkeypatch.setattr("daisy.data.sources.load_all", lambda utts, *args: [np.zeros(400, np.float32)] * len(utts))
+    corpus = tmp_path / "synthetic-abc"
+    corpus.mkdir()
+    (corpus / "manifest.jsonl").write_text('{"id": "000001", "samples": 16000}\n')
+    utts = [SimpleNamespace(id=f"{i:06d}") for i in range(200)]
+    splits = {"test": utts, "train": utts[:64]}
+
+    def run(config, model_key="m1"):
+        demo._noise_sweep(
+            tmp_path / "demo", None, model_key, splits, config, demo._Stages(tmp_path / "demo", corpus), {}
+        )
+        return len(calls)
+
+    assert run(DemoConfig(quick=True)) == 1 and run(DemoConfig(quick=True)) == 1  # the same: reused
+    assert run(DemoConfig()) == 2 and calls[-1] == (120, (20.0, 10.0, 5.0, 0.0, -5.0))  # full after quick: reruns
+    assert run(DemoConfig()) == 2
+    (corpus / "manifest.jsonl").write_text('{"id": "000001", "samples": 16001}\n')  # another corpus (a length)
+    assert run(DemoConfig()) == 3
+    assert run(DemoConfig(), model_key="m2") == 4  # other heads or base model
+
+
+def test_a_training_stage_resumes_under_its_key_and_starts_over_under_another(tmp_path):
+    from daisy.apps import demo
+
+    corpus = tmp_path / "synthetic-abc"
+    corpus.mkdir()
+    (corpus / "manifest.jsonl").write_text("{}\n")
+    stages, folder = demo._Stages(tmp_path / "demo", corpus), tmp_path / "demo" / "pretrain"
+    with pytest.raises(KeyboardInterrupt), stages.making("pretraining", "k1", {"steps": 6}, clear=folder):
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.json").write_text("{}")
+        raise KeyboardInterrupt  # killed after a checkpoint
+    assert not stages.reuse("pretraining", "k1", folder)  # not finished ...
+    with stages.making("pretraining", "k1", {"steps": 6}, clear=folder):
+        assert (folder / "checkpoint.json").is_file()  # ... but resumable under the same key
+    assert stages.reuse("pretraining", "k1", folder)
+    with stages.making("pretraining", "k2", {"steps": 9}, clear=folder):
+        assert not folder.exists()  # other settings: the other run's state goes
+    stored = json.loads((tmp_path / "demo" / "stages.json").read_text())
+    assert stored["pretraining"] == {"key": "k2", "done": True, "settings": {"steps": 9}}

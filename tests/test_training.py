@@ -2,18 +2,23 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from daisy.analysis.teacher_report import masked_prediction
 from daisy.data.corpus import load_manifest
 from daisy.model import EarlyExitHubert
+from daisy.run_state import ResumeRefused, load_state
 from daisy.targets import KMeansTargets
-from daisy.training.pretrain import MaskedPredictionModel, PretrainConfig, _batch, check_resume, frames_for, pretrain
+from daisy.training.pretrain import MaskedPredictionModel, PretrainConfig, _batch, frames_for, pretrain
+from daisy.training.pretrain_state import check_resume, export_checkpoint, load_exported
 from daisy.training.train_heads import HeadTrainConfig, prepare_model, train_heads
 from daisy.upstream import HubertBackbone
 
@@ -32,17 +37,99 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path, quick_corpus):
     straight = pretrain(utts, tmp_path / "a", config)
     assert pretrain(utts, tmp_path / "b", config, stop_after=3) is None  # "killed" after 3 steps
     resumed = pretrain(utts, tmp_path / "b", config)
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
-    assert a["step"] == b["step"] == 6 and a["log"] == b["log"]
-    for name, value in a["model"].items():
-        torch.testing.assert_close(value, b["model"][name], rtol=0, atol=0, msg=name)
+    (a, a_meta), (b, b_meta) = load_state(tmp_path / "a", "checkpoint"), load_state(tmp_path / "b", "checkpoint")
+    assert a_meta["step"] == b_meta["step"] == 6 and a_meta["log"] == b_meta["log"]
+    assert a_meta["sched"] == b_meta["sched"] and a_meta["optim"] == b_meta["optim"]
+    assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)  # model and optimiser tensors
+    for name, value in a.items():
+        torch.testing.assert_close(value, b[name], rtol=0, atol=0, msg=name)
+    # one state in the folder: the JSON commit file and the one tensor file it names
+    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint*")) == sorted(
+        ["checkpoint.json", b_meta["tensors"]]
+    )
     assert (
         {p.name for p in straight.iterdir()}
         == {p.name for p in resumed.iterdir()}
         == {"config.json", "model.safetensors", "preprocessor_config.json", "teacher_head.safetensors"}
         | {"kmeans.safetensors", "pretrain.json"}
     )
+
+
+class _Planted:
+    """What a planted pickle would run when loaded: it leaves a file behind."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_an_old_pickled_checkpoint_is_never_loaded_and_other_audio_is_refused(tmp_path, quick_corpus, caplog):
+    utts = load_manifest(quick_corpus, "train")[:30]
+    run, marker = tmp_path / "run", tmp_path / "unpickled"
+    run.mkdir()
+    torch.save({"step": 3, "payload": _Planted(marker)}, run / "checkpoint.pt")  # a reused --out with a planted file
+    assert pretrain(utts, run, small_config(), stop_after=2) is None
+    assert not marker.exists() and "ignoring" in caplog.text and "checkpoint.pt" in caplog.text
+    assert [r["step"] for r in load_state(run, "checkpoint")[1]["log"]] == [1, 2]  # started afresh
+    # the state resumes on its own audio only
+    with pytest.raises(ResumeRefused, match=r"trained on other audio \(30 utterances, \d+ samples there; 29,"):
+        pretrain(utts[:29], run, small_config())
+    other = [*utts[:29], load_manifest(quick_corpus, "train")[30]]  # as many utterances, one other
+    with pytest.raises(ResumeRefused, match="trained on other audio"):
+        pretrain(other, run, small_config())
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    torch.save({"payload": _Planted(marker)}, heads / "heads_checkpoint.pt")
+    model = pretrain(utts, run, small_config())
+    train_heads(prepare_model(model), [u.load() for u in utts], heads, HeadTrainConfig(steps=1, batch_size=2))
+    assert not marker.exists() and "heads_checkpoint.pt" in caplog.text
+
+
+def test_warm_start_from_an_export_continues_the_runs_step_count(tmp_path, quick_corpus):
+    utts = load_manifest(quick_corpus, "train")[:30]
+    first = pretrain(utts, tmp_path / "a", small_config())
+    a_log = json.loads((tmp_path / "a" / "log.json").read_text())["log"]
+    torch.manual_seed(1)
+    fresh = MaskedPredictionModel(small_config().resolved(), 12)
+    load_exported(fresh, first, small_config().temperature)  # the export's float32 weights, exactly
+    trained, _ = load_state(tmp_path / "a", "checkpoint")
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, trained[f"model.{name}"], rtol=0, atol=0, msg=name)
+
+    # a run folder as the shipped run's is kept: config, log, codebook and labels, no state
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("log.json", "kmeans.safetensors", "labels.npz"):
+        shutil.copy(tmp_path / "a" / name, run / name)
+    with pytest.raises(ValueError, match="is at step 6: give --steps above it"):
+        pretrain(utts, run, small_config(), init_from=first)
+    pretrain(utts, run, small_config(steps=9), init_from=first)
+    meta = load_state(run, "checkpoint")[1]
+    assert meta["step"] == 9 and meta["log"][:6] == a_log and [r["step"] for r in meta["log"][6:]] == [7, 8, 9]
+    assert meta["sched"]["last_epoch"] == 9  # the schedule went on from step 6
+    with pytest.raises(ResumeRefused, match="already holds step 9 of this run: resume it without --init-from"):
+        pretrain(utts, run, small_config(steps=12), init_from=first)
+    exported = export_checkpoint(run, tmp_path / "exported")  # what `daisy ship` starts from
+    assert json.loads((exported / "pretrain.json").read_text())["summary"]["steps"] == 9
+    assert HubertBackbone.from_pretrained(exported).num_layers == 4
+
+    stale = tmp_path / "stale"  # a log that is not the export's run
+    stale.mkdir()
+    a_config = json.loads((tmp_path / "a" / "log.json").read_text())["config"]
+    (stale / "log.json").write_text(json.dumps({"config": a_config, "log": a_log[:5]}))
+    with pytest.raises(ResumeRefused, match="was trained for 6 steps, .*records 5"):
+        pretrain(utts, stale, small_config(steps=9), init_from=first)
+    pretrain(utts, tmp_path / "new", small_config(steps=2), init_from=first)  # no log: a fresh schedule
+    assert [r["step"] for r in load_state(tmp_path / "new", "checkpoint")[1]["log"]] == [1, 2]
+    with pytest.raises(ValueError, match="does not fit the config's model"):
+        pretrain(
+            utts,
+            tmp_path / "wide",
+            small_config(overrides={**small_config().overrides, "hidden_size": 64}),
+            init_from=first,
+        )
 
 
 def test_normalized_pretraining_gives_a_model_blind_to_the_level(tmp_path, quick_corpus):
@@ -59,11 +146,13 @@ def test_normalized_pretraining_gives_a_model_blind_to_the_level(tmp_path, quick
 
     model_dir = pretrain(utts, tmp_path / "run", small_config(normalize=True))
     assert json.loads((model_dir / "config.json").read_text())["normalize_waveform"] is True
-    backbone = prepare_model(model_dir).backbone  # inference normalises the same way (gains of 2^k: exact)
-    wav = torch.from_numpy(wavs[0])[None]
-    for quiet, loud in zip(backbone.hidden_states(wav / 32), backbone.hidden_states(wav * 4)):
+    backbone = prepare_model(model_dir).backbone  # inference normalises the same way
+    wav = torch.from_numpy(wavs[0])[None]  # about -20 dBFS: at these levels the normalisation's epsilon is negligible
+    for quiet, loud in zip(backbone.hidden_states(wav / 2), backbone.hidden_states(wav * 4)):
         torch.testing.assert_close(quiet, loud, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match=r"checkpoint.pt was trained with other normalize .*stored True, asked False"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint.json was trained with other normalize .*stored True, asked False"
+    ):
         check_resume(tmp_path / "run", small_config().resolved())
     check_resume(tmp_path / "run", small_config(normalize=True, steps=12).resolved())  # more steps: a resume
 
@@ -141,10 +230,20 @@ def test_head_training_resumes_exactly(tmp_path, quick_corpus):
         torch.testing.assert_close(value, resumed.heads.state_dict()[name], rtol=0, atol=0)
     # the checkpoint resumes only with the settings it was trained with
     other = HeadTrainConfig(steps=8, checkpoint_every=3, batch_size=2, noise_prob=0.5)
-    with pytest.raises(ValueError, match=r"heads_checkpoint.pt was trained with other settings.*noise_prob: 0.0 there"):
+    with pytest.raises(
+        ResumeRefused, match=r"heads_checkpoint.json was trained with other settings.*noise_prob: 0.0 th"
+    ):
         train_heads(prepare_model(pretrained), wavs, tmp_path / "b", other)
-    with pytest.raises(ValueError, match="head_input: 'ffn' there, 'output' now"):
+    with pytest.raises(ResumeRefused, match="head_input: 'ffn' there, 'output' now"):
         train_heads(prepare_model(pretrained, head_input="output"), wavs, tmp_path / "b", config)
+    # ... and only on the audio and the model it was trained on
+    with pytest.raises(ResumeRefused, match=r"audio: 20 utterances, \d+ samples there; 19, \d+ now"):
+        train_heads(prepare_model(pretrained), wavs[:19], tmp_path / "b", config)
+    other_model = prepare_model(pretrained)
+    with torch.no_grad():
+        other_model.backbone.model.encoder.layer_norm.bias.add_(0.01)
+    with pytest.raises(ResumeRefused, match="the model: other backbone"):
+        train_heads(other_model, wavs, tmp_path / "b", config)
 
 
 def test_ddp_with_two_processes_keeps_ranks_in_sync(tmp_path, quick_corpus):
@@ -162,6 +261,6 @@ def test_ddp_with_two_processes_keeps_ranks_in_sync(tmp_path, quick_corpus):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "pretrain" / "model" / "model.safetensors").is_file()
-    r0, r1 = (torch.load(tmp_path / f"heads_rank{r}.pt") for r in (0, 1))
+    r0, r1 = (load_file(str(tmp_path / f"heads_rank{r}.safetensors")) for r in (0, 1))
     for name in r0:
         torch.testing.assert_close(r0[name], r1[name], rtol=0, atol=0)  # gradients were averaged

@@ -150,11 +150,18 @@ def pretrain(
     ),
     label_layer: int = typer.Option(None, help="the layer of --labels-from to cluster (default: its middle layer)"),
     classes: int = typer.Option(None, help="k-means K (default 100 on MFCC, 200 on layer states; --quick: 50)"),
+    init_from: Path = typer.Option(
+        None,
+        help="start from this exported model (a `daisy pretrain` export or the shipped model) with a fresh "
+        "optimiser; the step count goes on from the run folder's log.json, if any",
+    ),
 ):
-    """HuBERT masked-prediction pretraining from scratch; resumes from out/checkpoint.pt."""
+    """HuBERT masked-prediction pretraining from scratch (or --init-from a model); resumes from
+    out/checkpoint.json."""
     from daisy.data.sources import utterances
-    from daisy.training.pretrain import PretrainConfig, check_resume
+    from daisy.training.pretrain import PretrainConfig
     from daisy.training.pretrain import pretrain as run
+    from daisy.training.pretrain_state import check_resume
 
     config = PretrainConfig.quick() if quick else PretrainConfig()
     if config_json:
@@ -177,12 +184,18 @@ def pretrain(
         config.num_classes = classes
     try:
         config = config.resolved()  # a bad label model or layer fails here, before any data is read
-        check_resume(out_dir, config)
+        check_resume(out_dir, config, init_from=init_from)
+        if init_from is not None and not (init_from / "model.safetensors").is_file():
+            raise ValueError(f"--init-from {init_from}: no model.safetensors (give an exported model directory)")
         utts = utterances(data, split="train", quick=quick)
     except (OSError, ValueError) as e:
         fail(str(e))
-    result = run(utts, out_dir, config, device=device, time_limit=time_limit * 60 if time_limit else None)
-    out.print(f"model: {result}" if result else f"stopped early; rerun to resume from {out_dir}/checkpoint.pt")
+    limit = time_limit * 60 if time_limit else None
+    try:  # what needs the audio: its identity against the run's, a warm start's fit; a run holding the folder
+        result = run(utts, out_dir, config, device=device, time_limit=limit, init_from=init_from)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    out.print(f"model: {result}" if result else f"stopped early; rerun to resume from {out_dir}/checkpoint.json")
 
 
 @app.command("train-heads")
@@ -205,7 +218,7 @@ def train_heads_cmd(
     depth: float = typer.Option(None, help="calibrate the entropy policy to this mean depth (default 60 % of L)"),
 ):
     """Train DAISY's per-layer exit heads with the backbone frozen, then calibrate on the dev split.
-    Rerunning with the same --out resumes from its checkpoint."""
+    Rerunning with the same --out resumes from its checkpoint (out/heads_checkpoint.json)."""
     from dataclasses import replace
 
     from daisy.calibration import calibrate_model, recalibrate_tasks, trace_scores
@@ -229,14 +242,17 @@ def train_heads_cmd(
         depth = 0.6 * early.num_layers if depth is None else depth
         if not 1 <= depth <= early.num_layers:
             raise ValueError(f"--depth {depth:g} outside 1..{early.num_layers} (the model's layers)")
-        check_resume(out_dir, early, config)
+        check_resume(out_dir, early, config, train)
         early.require_targets(str(model))
     except (OSError, ValueError) as e:
         fail(str(e))
     if not dev:
         err.print(f"{data} has no dev split: calibrating on 50 of the training utterances", highlight=False)
         dev = train[:50]
-    train_heads(early, train, out_dir, config)
+    try:
+        train_heads(early, train, out_dir, config)
+    except ValueError as e:  # another run holds the folder
+        fail(str(e))
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process writes the model
         return
     entropy = trace_scores(early, dev)["entropy"]  # one trace of the new heads for every calibration
@@ -507,7 +523,10 @@ def ship(
     """Make a pretraining run the default model: heads, calibration, fp16 weights, figures, model card."""
     from daisy.apps.ship import ship as run_ship
 
-    card = run_ship(run, out_dir, head_steps)
+    try:
+        card = run_ship(run, out_dir, head_steps)
+    except FileNotFoundError as e:  # a run folder without its state
+        fail(str(e))
     out.print(f"{out_dir}: teacher {card['figures']['teacher']}", highlight=False)
 
 
@@ -536,7 +555,10 @@ def demo(
     """The main job: corpus, pretrained model, DAISY heads, calibration, evaluation, noise sweep, report."""
     from daisy.apps.demo import DemoConfig, run_demo
 
-    run_demo(out_dir, DemoConfig(quick=quick, pretrain=pretrain, train_heads=train_heads, fresh=fresh))
+    try:
+        run_demo(out_dir, DemoConfig(quick=quick, pretrain=pretrain, train_heads=train_heads, fresh=fresh))
+    except ValueError as e:  # another run holds the folder
+        fail(str(e))
 
 
 @app.command("asr-exits")

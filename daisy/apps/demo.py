@@ -3,21 +3,26 @@
 corpus -> the shipped pretrained HuBERT (or `--pretrain` from scratch) -> DAISY heads (shipped, or
 trained) -> calibration -> MiniSUPERB, full model vs early exit vs fixed truncation -> noise sweep
 (exit depth, and ASR CER per condition) -> `report/` (report.md, results.json, PNG plots). Each stage
-writes its own output under `out/` and is skipped when that output is already there; `fresh` reruns
-everything.
+writes its own output under `out/` and is reused only when it finished under the same key: a fingerprint
+of its settings, the corpus (its manifest: which utterances, how long) and the model it ran on
+(`daisy.run_state.StageRecords`, in `out/stages.json`). A stage whose key changed runs again (its training
+folder cleared); an interrupted pretraining or head training under the same key resumes. `fresh` reruns
+everything. The folder is locked while the demo runs.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 
-from daisy.io import atomic_path, write_json
+from daisy.io import atomic_path, run_lock, write_json
+from daisy.run_state import StageRecords, fingerprint
 
 console = Console()
 SHIPPED = "hubert-tiny-synth"
@@ -47,13 +52,32 @@ class DemoConfig:
             self.sweep_utterances, self.probe_train, self.probe_test = 24, 40, 16
 
 
-def _stage(name: str, done: Path, fresh: bool) -> bool:
-    """True when the stage must run; says so either way."""
-    if done.exists() and not fresh:
-        console.print(f"[dim]= {name}: reusing {done}[/dim]")
+class _Stages:
+    """The demo's stages, each reused only where it finished under the same key."""
+
+    def __init__(self, out: Path, corpus: Path):
+        self.records = StageRecords(out / "stages.json")
+        self.corpus = fingerprint(corpus.name, corpus / "manifest.jsonl")  # its config key, utterances, lengths
+
+    def key(self, *parts) -> str:
+        """A stage's key: its settings and inputs (`parts`) and the corpus."""
+        return fingerprint(self.corpus, *parts)
+
+    def reuse(self, name: str, key: str, output: Path) -> bool:
+        """True (and says so) where `output` was made under `key`; else announces the stage."""
+        if self.records.current(name, key, output):
+            console.print(f"[dim]= {name}: reusing {output}[/dim]")
+            return True
+        console.print(f"[bold]> {name}[/bold]")
         return False
-    console.print(f"[bold]> {name}[/bold]")
-    return True
+
+    @contextmanager
+    def making(self, name: str, key: str, settings: dict, clear: Path | None = None):
+        """Run a stage under `key`: `clear` (its training folder) goes first where it holds other work."""
+        if self.records.begin(name, key, settings) != key and clear is not None:
+            shutil.rmtree(clear, ignore_errors=True)
+        yield
+        self.records.finish(name, key)
 
 
 def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
@@ -62,15 +86,22 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
 
     config = config or DemoConfig()
     out = Path(out)
-    if config.fresh and out.exists():
-        shutil.rmtree(out)
-    corpus_config = CorpusConfig.quick() if config.quick else CorpusConfig()
-    console.print("[bold]> corpus[/bold]")
-    corpus = build_corpus(default_cache() / "corpus", corpus_config)
-    splits = {s: load_manifest(corpus, s) for s in ("train", "dev", "test")}
+    with run_lock(out):
+        if config.fresh:
+            for item in out.iterdir():
+                if item.name != ".lock":
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        corpus_config = CorpusConfig.quick() if config.quick else CorpusConfig()
+        console.print("[bold]> corpus[/bold]")
+        corpus = build_corpus(default_cache() / "corpus", corpus_config)
+        splits = {s: load_manifest(corpus, s) for s in ("train", "dev", "test")}
+        return _run_stages(out, corpus, splits, config)
 
-    base = _base_model(out, splits, config)
-    model = _heads(out, base, splits, config)
+
+def _run_stages(out: Path, corpus: Path, splits: dict, config: DemoConfig) -> dict:
+    stages = _Stages(out, corpus)
+    base, base_key = _base_model(out, splits, config, stages)
+    model, model_key = _heads(out, base, base_key, splits, config, stages)
     results = {"corpus": str(corpus), "base_model": str(base), "model": str(out / "model")}
     results["calibration"] = {
         "default": model.config.provenance.get("calibration"),
@@ -78,10 +109,10 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
     }
     results["pretraining"] = _read_json(base / "pretrain.json")
     results["heads"] = _head_summary(out)
-    results["minisuperb"] = _minisuperb(out, model, splits, config)
+    results["minisuperb"] = _minisuperb(out, model, model_key, splits, config, stages)
     traced = {}  # the ASR stage's test entropies per condition: the noise sweep need not run them again
-    asr_per_snr = _asr_per_snr(out, model, splits, config, traced)
-    results["noise_sweep"] = _noise_sweep(out, model, splits, config, traced)
+    asr_per_snr = _asr_per_snr(out, model, model_key, splits, config, stages, traced)
+    results["noise_sweep"] = _noise_sweep(out, model, model_key, splits, config, stages, traced)
     results["asr_per_snr"] = asr_per_snr
     write_json(out / "report" / "results.json", results)
     _write_report(out / "report", results)
@@ -89,20 +120,23 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
     return results
 
 
-def _base_model(out: Path, splits, config: DemoConfig) -> Path:
-    """The pretrained HuBERT the heads go on: shipped, or pretrained here."""
+def _base_model(out: Path, splits, config: DemoConfig, stages: _Stages) -> tuple[Path, str]:
+    """The pretrained HuBERT the heads go on (shipped, or pretrained here) and its key."""
     from daisy.training.pretrain import PretrainConfig, pretrain
 
     shipped = shipped_model()
     if shipped is not None and not config.pretrain:
         console.print(f"[dim]= pretrained model: shipped {shipped}[/dim]")
-        return shipped
+        return shipped, fingerprint(shipped)
     if shipped is None and not config.pretrain:
         console.print("[yellow]no shipped model in this install: pretraining one here[/yellow]")
     target = out / "pretrain" / "model"
-    if _stage("pretraining", target / "config.json", config.fresh):
-        pretrain(splits["train"], out / "pretrain", PretrainConfig.quick() if config.quick else shipped_recipe())
-    return target
+    recipe = PretrainConfig.quick() if config.quick else shipped_recipe()
+    key = stages.key("pretraining", recipe)
+    if not stages.reuse("pretraining", key, target / "config.json"):
+        with stages.making("pretraining", key, {"config": recipe}, clear=out / "pretrain"):
+            pretrain(splits["train"], out / "pretrain", recipe)
+    return target, key
 
 
 def shipped_recipe():
@@ -116,36 +150,44 @@ def shipped_recipe():
     return PretrainConfig(**{k: v for k, v in stored.items() if k in PretrainConfig.__dataclass_fields__})
 
 
-def _heads(out: Path, base: Path, splits, config: DemoConfig):
-    """Trained and calibrated DAISY heads on `base`, saved as the daisy model `out/model`."""
+def _heads(out: Path, base: Path, base_key: str, splits, config: DemoConfig, stages: _Stages):
+    """Trained and calibrated DAISY heads on `base`, saved as the daisy model `out/model`, and its key."""
     from daisy.calibration import calibrate_operating_points
     from daisy.data.sources import load_all
     from daisy.model import EarlyExitHubert
     from daisy.training.train_heads import HeadTrainConfig, prepare_model, train_heads
 
     target = out / "model"
-    if not _stage("DAISY heads", target / "daisy.json", config.fresh):
-        return EarlyExitHubert.from_pretrained(target)
-    train = load_all(splits["train"])
-    model = prepare_model(base, wavs=train)
-    if not (base / "heads.safetensors").is_file() or config.train_heads or config.pretrain:
-        train_heads(model, train, out / "heads", HeadTrainConfig.quick() if config.quick else HeadTrainConfig())
-    calibrate_operating_points(model, load_all(splits["dev"]), config.depth_fraction, config.task_depth_fractions)
-    model.save_pretrained(target)
-    return model
+    trains = not (base / "heads.safetensors").is_file() or config.train_heads or config.pretrain
+    head_config = (HeadTrainConfig.quick() if config.quick else HeadTrainConfig()) if trains else None
+    settings = {"head_training": head_config, "depth": config.depth_fraction, "tasks": config.task_depth_fractions}
+    key = stages.key("DAISY heads", base_key, settings)
+    if stages.reuse("DAISY heads", key, target / "daisy.json"):
+        return EarlyExitHubert.from_pretrained(target), key
+    with stages.making("DAISY heads", key, settings, clear=out / "heads"):
+        train = load_all(splits["train"])
+        model = prepare_model(base, wavs=train)
+        if head_config is not None:
+            train_heads(model, train, out / "heads", head_config)
+        calibrate_operating_points(model, load_all(splits["dev"]), config.depth_fraction, config.task_depth_fractions)
+        model.save_pretrained(target)
+    return model, key
 
 
-def _minisuperb(out: Path, model, splits, config: DemoConfig) -> dict:
+def _minisuperb(out: Path, model, model_key: str, splits, config: DemoConfig, stages: _Stages) -> dict:
     from daisy.data.sources import load_all
     from daisy.downstream.minisuperb import MiniSuperbConfig, markdown, run
     from daisy.downstream.tasks import synthetic_tasks
 
     folder = out / "report" / "minisuperb"
-    if _stage("MiniSUPERB", folder / "results.json", config.fresh):
-        train, test = splits["train"][: config.probe_train], splits["test"][: config.probe_test]
-        data = synthetic_tasks(train, test, load_all(train), load_all(test))
-        size = "quick" if config.quick else "cpu"
-        run(model, data, load_all(splits["dev"][:100]), folder, MiniSuperbConfig(size=size))
+    probe = MiniSuperbConfig(size="quick" if config.quick else "cpu")
+    settings = {"probe": probe, "train": config.probe_train, "test": config.probe_test, "dev": 100}
+    key = stages.key("MiniSUPERB", model_key, settings)
+    if not stages.reuse("MiniSUPERB", key, folder / "results.json"):
+        with stages.making("MiniSUPERB", key, settings):  # its probe results keep their own cache
+            train, test = splits["train"][: config.probe_train], splits["test"][: config.probe_test]
+            data = synthetic_tasks(train, test, load_all(train), load_all(test))
+            run(model, data, load_all(splits["dev"][: settings["dev"]]), folder, probe)
     summary = json.loads((folder / "results.json").read_text())
     return {
         "scores": summary["scores"],
@@ -154,17 +196,20 @@ def _minisuperb(out: Path, model, splits, config: DemoConfig) -> dict:
     }
 
 
-def _noise_sweep(out: Path, model, splits, config: DemoConfig, traced: dict) -> dict:
+def _noise_sweep(out: Path, model, model_key: str, splits, config: DemoConfig, stages: _Stages, traced: dict) -> dict:
     from daisy.analysis import noise_sweep as ns
     from daisy.data.sources import load_all
 
     folder = out / "report" / "noise_sweep"
-    if _stage("noise sweep", folder / "noise_sweep.json", config.fresh):
-        utts = splits["test"][: config.sweep_utterances]
-        wavs = load_all(utts)
-        sweep_config = _sweep_config(config)
-        rows = ns.sweep(model, wavs, sweep_config, True, load_all(splits["train"][:64]), traced=traced)
-        ns.write_results(rows, ns.summarize(rows, model), model, folder, [u.id for u in utts])
+    settings = {"sweep": _sweep_config(config), "utterances": config.sweep_utterances}
+    key = stages.key("noise sweep", model_key, settings)
+    if not stages.reuse("noise sweep", key, folder / "noise_sweep.json"):
+        with stages.making("noise sweep", key, settings):
+            utts = splits["test"][: config.sweep_utterances]
+            rows = ns.sweep(
+                model, load_all(utts), settings["sweep"], True, load_all(splits["train"][:64]), traced=traced
+            )
+            ns.write_results(rows, ns.summarize(rows, model), model, folder, [u.id for u in utts])
     summary = json.loads((folder / "noise_sweep.json").read_text())["summary"]
     return {"summary": summary, "monotone": ns.monotone(summary), "table": ns.markdown_table(summary)}
 
@@ -176,26 +221,38 @@ def _sweep_config(config: DemoConfig):
     return ns.SweepConfig(snrs=(10.0, 0.0) if config.quick else (20.0, 10.0, 5.0, 0.0, -5.0))
 
 
-def _asr_per_snr(out: Path, model, splits, config: DemoConfig, test_entropy: dict) -> dict:
+def _asr_per_snr(
+    out: Path, model, model_key: str, splits, config: DemoConfig, stages: _Stages, test_entropy: dict
+) -> dict:
     """ASR CER per noise condition at DAISY's exits, fixed truncation and the full model; fills
     `test_entropy` with the test audio's head entropies per condition when it runs."""
     from daisy.analysis import asr_per_snr as sq
     from daisy.data.sources import load_all
 
     folder = out / "report" / "noise_sweep"
-    if _stage("ASR quality per SNR", folder / "asr_quality.json", config.fresh):
+    settings = {"sweep": _sweep_config(config), "quality": sq.QualityConfig(size="quick" if config.quick else "cpu")}
+    settings.update(train=config.probe_train, test=config.sweep_utterances)
+    key = stages.key("ASR quality per SNR", model_key, settings)
+    if stages.reuse("ASR quality per SNR", key, folder / "asr_quality.json"):
+        return _asr_rows(folder)
+    with stages.making("ASR quality per SNR", key, settings):
         train, test = splits["train"][: config.probe_train], splits["test"][: config.sweep_utterances]
-        sweep_config = _sweep_config(config)
         rows = sq.asr_quality(
             model,
             (load_all(train), [u.text for u in train]),
             (load_all(test), [u.text for u in test]),
-            sweep_config,
-            config=sq.QualityConfig(size="quick" if config.quick else "cpu"),
+            settings["sweep"],
+            config=settings["quality"],
             babble_pool=load_all(splits["train"][:64]),
             test_entropy=test_entropy,
         )
         sq.write_quality(rows, folder)
+    return _asr_rows(folder)
+
+
+def _asr_rows(folder: Path) -> dict:
+    from daisy.analysis import asr_per_snr as sq
+
     rows = json.loads((folder / "asr_quality.json").read_text())["rows"]
     return {"rows": rows, "table": sq.markdown_table(rows)}
 

@@ -1,9 +1,9 @@
 """Turning a pretraining run into the shipped default model (`daisy ship`), with its model card.
 
-export the run's latest checkpoint -> train DAISY heads on it -> calibrate -> save in fp16 ->
-measure the teacher (masked accuracy, own-argmax usage, speaker and character probes per layer) and DAISY's
-adaptivity (mean exit depth per noise type and SNR) on held-out synthetic speech -> MODEL_CARD.md
-and card.json beside the weights.
+export the run's latest state (`checkpoint.json` + safetensors) -> train DAISY heads on it -> calibrate ->
+save in fp16 -> measure the teacher (masked accuracy, own-argmax usage, speaker and character probes per
+layer) and DAISY's adaptivity (mean exit depth per noise type and SNR) on held-out synthetic speech ->
+MODEL_CARD.md and card.json beside the weights.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ def ship(run: Path, out: Path, head_steps: int = 1500, sweep_utterances: int = 1
     from daisy.calibration import calibrate_operating_points
     from daisy.data.sources import load_all, utterances
     from daisy.model import EarlyExitHubert
-    from daisy.training.pretrain import export_checkpoint
+    from daisy.training.pretrain_state import export_checkpoint
     from daisy.training.train_heads import HeadTrainConfig, prepare_model, train_heads
 
     began = time.time()
-    splits = {s: utterances("synthetic", s) for s in ("train", "dev", "test")}
-    train, dev, test = (load_all(splits[s]) for s in ("train", "dev", "test"))
     with tempfile.TemporaryDirectory() as tmp:
-        base = export_checkpoint(run, Path(tmp) / "base")
+        base = export_checkpoint(run, Path(tmp) / "base")  # first: a run folder without a state fails at once
+        splits = {s: utterances("synthetic", s) for s in ("train", "dev", "test")}
+        train, dev, test = (load_all(splits[s]) for s in ("train", "dev", "test"))
         figures = {"teacher": masked_prediction(base, dev)}
         n = SPEAKER_PROBE_TRAIN
         pooled_train, pooled_test = pooled_layers(base, train[:n]), pooled_layers(base, test)

@@ -9,24 +9,23 @@ Optional denoising: noise mixed into the input at a random SNR while targets sta
 audio (as WavLM does).
 
 Every step draws its batch, crops, masks and dropout from RNGs seeded by (seed, step, rank), so a run
-resumed from a checkpoint continues exactly as an uninterrupted one. Checkpoints are atomic. DDP
-through `torchrun` (gloo on CPU, nccl on GPU); rank 0 writes.
+resumed from a checkpoint continues exactly as an uninterrupted one. The run folder (its checkpoint:
+safetensors + JSON, atomic, no pickles; warm starts from an exported model; exports) is `pretrain_state`'s.
+DDP through `torchrun` (gloo on CPU, nccl on GPU); rank 0 writes.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 from torch import nn
 from transformers import HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
@@ -34,11 +33,24 @@ from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 from daisy.data.corpus import Utterance
 from daisy.data.crops import random_crops
 from daisy.features import mfcc
-from daisy.io import atomic_dir, atomic_path, write_json
+from daisy.io import atomic_path, run_lock
 from daisy.progress import progress
+from daisy.run_state import ResumeRefused, audio_identity, load_state, note_legacy
 from daisy.targets import KMeansTargets, TeacherHead, source_backbone
+from daisy.training.pretrain_state import (
+    CHECKPOINT,
+    LEGACY,
+    check_labels_fit,
+    check_resume,
+    check_stored_labels,
+    export,
+    init_codebook,
+    restore_checkpoint,
+    same_codebook,
+    save_checkpoint,
+    warm_start,
+)
 from daisy.upstream import normalize_each, preset_config
-from daisy.upstream.checkpoints import save_hubert
 
 HOP, WINDOW = 320, 400
 # Default K. HuBERT Base: 100 on MFCC, then 500 on layer states (960 h of speech). Layer states of our tiny
@@ -173,10 +185,19 @@ def fit_labels(wavs: list[np.ndarray], config: PretrainConfig) -> tuple[KMeansTa
     if config.label_features == "mfcc":
         feats = [mfcc(torch.from_numpy(w)) for w in wavs]  # computed once: for fitting and for labelling
         km = fit_mfcc_kmeans(wavs, config.num_classes, config.kmeans_frames, config.seed, feats=feats)
-        return km, [km.assign(f).numpy().astype(np.int16) for f in feats]
+        return km, label_audio(km, wavs, feats)
     layer = int(config.label_features.split(":")[1])
     km = fit_layer_kmeans(wavs, config.label_model, layer, config.num_classes, config.kmeans_frames, config.seed)
-    return km, utterance_labels(km, wavs)
+    return km, label_audio(km, wavs)
+
+
+def label_audio(km: KMeansTargets, wavs: list[np.ndarray], feats: list[torch.Tensor] | None = None) -> list:
+    """A label per frame of every utterance: MFCC frames (`feats` where computed already) assigned one
+    utterance at a time, layer states batched."""
+    if km.layer is None:
+        feats = feats or [mfcc(torch.from_numpy(w)) for w in wavs]
+        return [km.assign(f).numpy().astype(np.int16) for f in feats]
+    return utterance_labels(km, wavs)
 
 
 def utterance_labels(km: KMeansTargets, wavs: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
@@ -190,43 +211,6 @@ def utterance_labels(km: KMeansTargets, wavs: list[np.ndarray], batch_size: int 
         for row, i in enumerate(idx):
             labels[i] = ids[row, : want[row]].numpy().astype(np.int16)
     return labels
-
-
-# Fields that shape the model or its input: a resumed run that changed them would train another model.
-MODEL_FIELDS = ("preset", "overrides", "normalize")
-
-
-def check_resume(out: str | Path, config: PretrainConfig) -> None:
-    """Where `out` already holds labels or a checkpoint, refuse a (resolved) config that asks for other
-    labels, or for another model or input than the checkpoint's (`MODEL_FIELDS`)."""
-    out = Path(out)
-    if (out / "labels.npz").is_file():
-        _check_stored_labels(KMeansTargets.load(out / "kmeans.safetensors"), config, out)
-    if (out / "checkpoint.pt").is_file():
-        stored = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]
-        defaults, asked = asdict(PretrainConfig()), asdict(config)
-        differ = [f for f in MODEL_FIELDS if _plain(stored.get(f, defaults[f])) != _plain(asked[f])]
-        if differ:
-            raise ValueError(
-                f"{out}/checkpoint.pt was trained with other {', '.join(differ)} ("
-                + "; ".join(f"{f}: stored {stored.get(f, defaults[f])!r}, asked {asked[f]!r}" for f in differ)
-                + "): use another --out"
-            )
-
-
-def _plain(value):
-    """Tuples and lists alike (a JSON config gives lists where the dataclass holds tuples)."""
-    return json.loads(json.dumps(value))
-
-
-def _check_stored_labels(km: KMeansTargets, config: PretrainConfig, out: Path) -> None:
-    """A resumed run must keep its labels: refuse a config that asks for other ones."""
-    source = None if config.label_model is None else str(Path(config.label_model).resolve())
-    if km.features != config.label_features or km.source != source:
-        raise ValueError(
-            f"{out} holds labels of {km.describe()}, but the config asks for {config.label_features}"
-            f"{'' if source is None else ' of ' + source}: use another --out"
-        )
 
 
 def _batch(step: int, rank: int, wavs, labels, config: PretrainConfig, others):
@@ -263,43 +247,80 @@ def pretrain(
     device: str = "cpu",
     stop_after: int | None = None,
     time_limit: float | None = None,
+    init_from: str | Path | None = None,
 ) -> Path | None:
     """Train (or resume) under `out`; returns the exported model directory `out/model`.
 
     `stop_after` steps or `time_limit` seconds end this run early with a checkpoint (returns None);
-    running again resumes.
+    running again resumes. `init_from`: warm-start a new state from an exported model directory
+    (`pretrain_state.warm_start`). Raises ResumeRefused where `out` holds a run of other settings or audio.
     """
     out = Path(out)
     config = config.resolved()
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    wavs = [u.load() for u in corpus]
+    with run_lock(out) if rank == 0 else nullcontext():  # ranks of one run share the folder
+        if rank == 0:
+            note_legacy(out, LEGACY)
+        wavs = [u.load() for u in corpus]
+        data = audio_identity(wavs)
+        check_resume(out, config, data, init_from)
+        km, labels = _labels(out, wavs, config, rank, None if init_from is None else init_codebook(init_from))
+        torch.manual_seed(config.seed)
+        model = MaskedPredictionModel(config, km.num_classes).to(device)
+        state = load_state(out, CHECKPOINT, device)
+        start, log = (0, []) if state is not None or init_from is None else warm_start(model, init_from, out, config)
+        optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+        for group in optim.param_groups:  # lets the schedule begin at `start` (a warm start)
+            group["initial_lr"] = group["lr"]
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(config), last_epoch=start - 1)
+        if state is not None:
+            start, log = restore_checkpoint(state, model, optim, sched)
+
+        def checkpoint(step: int, seconds: float) -> None:
+            save_checkpoint(out, model, optim, sched, step, log, config, data, seconds)
+
+        done = _train(model, optim, sched, config, wavs, labels, start, log, device, checkpoint, stop_after, time_limit)
+        if done and rank == 0:
+            export(model, km, config, out / "model", log)
+    if world > 1:
+        dist.barrier()
+    return out / "model" if done else None
+
+
+def _labels(out: Path, wavs, config: PretrainConfig, rank: int, codebook: KMeansTargets | None):
+    """The run's codebook and frame labels: stored in `out`, else those of `codebook` (a warm start's), else
+    fitted; rank 0 stores new ones."""
     label_file = out / "labels.npz"
     if label_file.is_file():
-        stored = np.load(label_file)
-        labels = [stored[f"u{i}"] for i in range(len(wavs))]
         km = KMeansTargets.load(out / "kmeans.safetensors")
-        _check_stored_labels(km, config, out)
+        check_stored_labels(km, config, out)
+        if codebook is not None and not same_codebook(km, codebook):
+            raise ResumeRefused(f"{out} holds another codebook than the model it starts from: use another --out")
+        stored = np.load(label_file)
+        labels = [stored[f"u{i}"] for i in range(len(stored.files))]
+        check_labels_fit(labels, [max(0, frames_for(len(w))) for w in wavs], out)
+        return km, labels
+    if codebook is not None:
+        check_stored_labels(codebook, config, out)
+        km, labels = codebook, label_audio(codebook, wavs)
     else:
         km, labels = fit_labels(wavs, config)
-        if rank == 0:
-            km.save(out / "kmeans.safetensors")
-            with atomic_path(label_file, suffix=".npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **{f"u{i}": lab for i, lab in enumerate(labels)})
-    torch.manual_seed(config.seed)
-    model = MaskedPredictionModel(config, km.num_classes).to(device)
-    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(config))
-    start, log = 0, []
-    ckpt_file = out / "checkpoint.pt"
-    if ckpt_file.is_file():
-        ckpt = torch.load(ckpt_file, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optim.load_state_dict(ckpt["optim"])
-        sched.load_state_dict(ckpt["sched"])
-        start, log = ckpt["step"], ckpt["log"]
+    if rank == 0:
+        km.save(out / "kmeans.safetensors")
+        with atomic_path(label_file, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **{f"u{i}": lab for i, lab in enumerate(labels)})
+    return km, labels
+
+
+def _train(
+    model, optim, sched, config: PretrainConfig, wavs, labels, start, log, device, checkpoint, stop_after, time_limit
+):
+    """Steps `start`..`config.steps` (appending to `log`); `checkpoint(step, seconds)` on rank 0 every
+    `checkpoint_every` steps, at the end and when stopped early. True when it reached `config.steps`."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     trainer = model
     if world > 1:
         trainer = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
@@ -335,67 +356,7 @@ def pretrain(
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 interrupted = bool(flag.item())
             if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps or interrupted):
-                _checkpoint(ckpt_file, model, optim, sched, done, log, config, time.time() - began)
+                checkpoint(done, time.time() - began)
             if interrupted:
-                return None
-    if rank == 0:
-        export(model, km, config, out / "model", log)
-    if world > 1:
-        dist.barrier()
-    return out / "model"
-
-
-def _checkpoint(path, model, optim, sched, step, log, config, seconds):
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optim": optim.state_dict(),
-                "sched": sched.state_dict(),
-                "step": step,
-                "log": log,
-                "config": asdict(config),
-            },
-            tmp,
-        )
-    write_json(path.parent / "log.json", {"config": asdict(config), "seconds_this_run": seconds, "log": log})
-
-
-def export(
-    model: MaskedPredictionModel,
-    km: KMeansTargets,
-    config: PretrainConfig,
-    path: Path,
-    log: list,
-    dtype: torch.dtype = torch.float32,
-) -> None:
-    """A model directory: transformers HubertModel + teacher head + k-means codebook + provenance."""
-    with atomic_dir(path) as tmp:
-        save_hubert(model.hubert, tmp, {k: v.to(dtype) for k, v in model.hubert.state_dict().items()})
-        head = {k: v.to(dtype).contiguous() for k, v in model.head.state_dict().items()}
-        save_file(head, str(tmp / "teacher_head.safetensors"), metadata={"temperature": str(config.temperature)})
-        km.save(tmp / "kmeans.safetensors")
-        tail = log[-200:]
-        summary = {
-            "steps": len(log),
-            "final_loss": float(np.mean([r["loss"] for r in tail])) if tail else math.nan,
-            "final_masked_acc": float(np.mean([r["masked_acc"] for r in tail])) if tail else math.nan,
-        }
-        # what kmeans.safetensors clusters: code that labels audio with it must compute the same features
-        labels = {"features": km.features, "source": km.source, "num_classes": km.num_classes}
-        (tmp / "pretrain.json").write_text(
-            json.dumps({"config": asdict(config), "labels": labels, "summary": summary}, indent=2)
-        )
-
-
-def export_checkpoint(run: str | Path, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Export the latest checkpoint of a pretraining run folder as a model directory (e.g. to evaluate a
-    run in progress, or to ship it in fp16)."""
-    run, path = Path(run), Path(path)
-    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    config = PretrainConfig(**ckpt["config"])
-    km = KMeansTargets.load(run / "kmeans.safetensors")
-    model = MaskedPredictionModel(config, km.num_classes)
-    model.load_state_dict(ckpt["model"])
-    export(model.eval(), km, config, path, ckpt["log"], dtype=dtype)
-    return path
+                return False
+    return True

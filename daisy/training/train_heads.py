@@ -7,13 +7,14 @@ noise into the input; targets then come from the noisy input itself (DAISY: the 
 what it hears) or from the clean audio (`targets_from="clean"`).
 
 Batches are drawn from RNGs seeded by (seed, step, rank), so resuming from a checkpoint continues
-exactly. DDP through `torchrun` (gloo on CPU).
+exactly. The checkpoint is `heads_checkpoint.json` + its safetensors (`daisy.run_state`: atomic, no pickles);
+it resumes only with the settings, model and audio it was trained with. DDP through `torchrun` (gloo on CPU).
 """
 
 from __future__ import annotations
 
-import json
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,9 +24,24 @@ import torch.distributed as dist
 from torch import nn
 
 from daisy.data.crops import random_crops
-from daisy.io import atomic_path, write_json
+from daisy.io import run_lock, write_json
 from daisy.model import EarlyExitHubert, load_teacher
 from daisy.progress import progress
+from daisy.run_state import (
+    ResumeRefused,
+    audio_identity,
+    fingerprint,
+    load_optimizer_state,
+    load_state,
+    note_legacy,
+    optimizer_state,
+    plain,
+    prefixed,
+    read_state_meta,
+    save_state,
+    state_file,
+    unprefixed,
+)
 from daisy.targets import KMeansTargets, TeacherHead
 from daisy.training.kmeans import fit_mfcc_kmeans
 from daisy.upstream import HubertBackbone
@@ -106,34 +122,51 @@ class HeadObjective(nn.Module):
         return total, stats
 
 
+CHECKPOINT, LEGACY = "heads_checkpoint", "heads_checkpoint.pt"  # the state's name; the old pickled file
+
+
 def _settings(model: EarlyExitHubert, config: HeadTrainConfig) -> dict:
-    """What a resumed run must share with the run that wrote the checkpoint."""
+    """What a resumed run must share with the run that wrote the checkpoint (its model and audio aside)."""
     heads = {k: getattr(model.config, k) for k in ("num_classes", "head_input", "head_rank", "targets")}
     return {"heads": heads, "training": {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}}
 
 
-def check_resume(out: str | Path, model: EarlyExitHubert, config: HeadTrainConfig) -> None:
-    """A checkpoint under `out` resumes only with the settings it was trained with: refuse others."""
-    ckpt_file = Path(out) / "heads_checkpoint.pt"
-    if ckpt_file.is_file():
-        _refuse_other_settings(ckpt_file, torch.load(ckpt_file, weights_only=False), model, config)
+def model_identity(model: EarlyExitHubert) -> str:
+    """A digest of what the heads learn from: the frozen backbone, the teacher head and the codebook."""
+    km = model.kmeans
+    return fingerprint(model.backbone, model.teacher, None if km is None else (km.centers, km.features, km.source))
 
 
-def _refuse_other_settings(ckpt_file: Path, ckpt: dict, model: EarlyExitHubert, config: HeadTrainConfig) -> None:
-    saved = ckpt.get("settings")
-    if saved is None:  # written before settings were recorded
-        return
-    saved, now = (json.loads(json.dumps(x)) for x in (saved, _settings(model, config)))  # tuples vs lists
+def check_resume(
+    out: str | Path, model: EarlyExitHubert, config: HeadTrainConfig, wavs: list[np.ndarray] | None = None
+) -> None:
+    """A checkpoint under `out` resumes only with the settings, model and audio (`wavs`, where given) it was
+    trained with: raise ResumeRefused for others."""
+    meta = read_state_meta(out, CHECKPOINT)
+    if meta is not None:
+        _refuse_other_settings(state_file(out, CHECKPOINT), meta, model, config, wavs)
+
+
+def _refuse_other_settings(path: Path, meta: dict, model: EarlyExitHubert, config: HeadTrainConfig, wavs) -> None:
+    saved, now = meta["settings"], plain(_settings(model, config))
     differ = [
         f"{k}: {saved[part].get(k)!r} there, {v!r} now"
         for part in ("heads", "training")
         for k, v in now[part].items()
         if saved[part].get(k) != v
     ]
+    if meta["model"] != model_identity(model):
+        differ.append("the model: other backbone, teacher or codebook weights")
+    if wavs is not None and meta["data"]["digest"] != (data := audio_identity(wavs))["digest"]:
+        there = meta["data"]
+        differ.append(
+            f"audio: {there['utterances']} utterances, {there['samples']} samples there; "
+            f"{data['utterances']}, {data['samples']} now"
+        )
     if differ:
-        raise ValueError(
-            f"{ckpt_file} was trained with other settings ({'; '.join(differ)}); "
-            f"give another --out, or delete it to start over"
+        raise ResumeRefused(
+            f"{path} was trained with other settings ({'; '.join(differ)}); "
+            "give another --out, or delete it to start over"
         )
 
 
@@ -150,20 +183,31 @@ def train_heads(
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
+    with run_lock(out) if rank == 0 else nullcontext():  # ranks of one run share the folder
+        if rank == 0:
+            note_legacy(out, LEGACY)
+        _train(model, wavs, out, config, stop_after, rank, world)
+    return model
+
+
+def _train(model: EarlyExitHubert, wavs, out: Path, config: HeadTrainConfig, stop_after, rank: int, world: int):
+    """train_heads' work, with `out` locked: resume where a checkpoint is, train, checkpoint on rank 0."""
     model.eval()  # the backbone stays frozen, dropout off; only the heads learn
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     heads = model.heads
     optim = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=config.steps)
-    ckpt_file, start, log = out / "heads_checkpoint.pt", 0, []
-    if ckpt_file.is_file():
-        ckpt = torch.load(ckpt_file, weights_only=False)
-        _refuse_other_settings(ckpt_file, ckpt, model, config)
-        heads.load_state_dict(ckpt["heads"])
-        optim.load_state_dict(ckpt["optim"])
-        sched.load_state_dict(ckpt["sched"])
-        start, log = ckpt["step"], ckpt["log"]
+    identity = {"settings": _settings(model, config), "model": model_identity(model), "data": audio_identity(wavs)}
+    start, log = 0, []
+    state = load_state(out, CHECKPOINT)
+    if state is not None:
+        tensors, meta = state
+        _refuse_other_settings(state_file(out, CHECKPOINT), meta, model, config, wavs)
+        heads.load_state_dict(unprefixed("heads.", tensors))
+        load_optimizer_state(optim, unprefixed("optim.", tensors), meta["optim"])
+        sched.load_state_dict(meta["sched"])
+        start, log = meta["step"], meta["log"]
     objective = HeadObjective(heads)
     trainer = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
     with progress(disable=rank != 0) as bar:
@@ -186,22 +230,13 @@ def train_heads(
             done = step + 1
             interrupted = stop_after is not None and done - start >= stop_after
             if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps or interrupted):
-                with atomic_path(ckpt_file, suffix=".pt") as tmp:
-                    torch.save(
-                        {
-                            "heads": heads.state_dict(),
-                            "optim": optim.state_dict(),
-                            "sched": sched.state_dict(),
-                            "step": done,
-                            "log": log,
-                            "settings": _settings(model, config),
-                        },
-                        tmp,
-                    )
+                optim_tensors, optim_meta = optimizer_state(optim)
+                tensors = {**prefixed("heads.", heads.state_dict()), **prefixed("optim.", optim_tensors)}
+                meta = {"step": done, "optim": optim_meta, "sched": sched.state_dict(), **identity}
+                save_state(out, CHECKPOINT, tensors, {**meta, "log": log})
                 write_json(out / "heads_log.json", {"config": asdict(config), "log": log})
             if interrupted:
                 break
-    return model
 
 
 def prepare_model(
