@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import secrets
+from collections import Counter
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -118,9 +119,12 @@ def save_state(folder: str | os.PathLike, name: str, tensors: dict[str, torch.Te
     older tensor files. Returns the JSON file."""
     folder = Path(folder)
     tensor_name = f"{name}-{secrets.token_hex(4)}.safetensors"
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    storages = Counter(v.untyped_storage().data_ptr() for v in tensors.values())
+    # safetensors refuses tensors that share storage (views of one buffer): those are copied
+    tensors = {k: v.clone() if storages[v.untyped_storage().data_ptr()] > 1 else v for k, v in tensors.items()}
     with atomic_path(folder / tensor_name, suffix=".safetensors") as tmp:
-        # clone: safetensors refuses tensors that share storage (views of one buffer)
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+        save_file(tensors, str(tmp))
     path = state_file(folder, name)
     write_json(path, {"format": FORMAT, "tensors": tensor_name, **meta})
     for old in folder.glob(f"{name}-*.safetensors"):

@@ -50,9 +50,12 @@ def test_fingerprint_tells_settings_tensors_and_files_apart(tmp_path):
 
 
 def test_a_state_round_trips_and_a_kill_between_writes_keeps_the_previous_one(tmp_path, monkeypatch):
-    save_state(tmp_path, "ck", {"w": torch.ones(3), "step": torch.tensor(2.0)}, {"step": 1, "log": [0.5]})
+    tied = torch.arange(6.0)
+    state = {"w": torch.ones(3), "step": torch.tensor(2.0), "a": tied[:3], "b": tied[3:]}  # views of one buffer
+    save_state(tmp_path, "ck", state, {"step": 1, "log": [0.5]})
     tensors, meta = load_state(tmp_path, "ck")
     assert meta["step"] == 1 and meta["log"] == [0.5] and torch.equal(tensors["w"], torch.ones(3))
+    assert tensors["a"].tolist() == [0, 1, 2] and tensors["b"].tolist() == [3, 4, 5]
     assert tensors["step"].shape == ()  # 0-dim tensors (Adam's step) survive
 
     def killed(*args, **kwargs):
