@@ -2,6 +2,7 @@
 
 As MiniSUPERB, features are extracted once per input set (a trace: every layer's states and every
 head's entropy for every utterance, kept in fp16), then probes train on a weighted sum of layers.
+The tasks are the registered ones (`daisy.downstream.tasks`); this runner knows none of them by name.
 Upstream settings differ only in their exit layers, applied to the stored trace (the same exits as
 the live model): the full model, DAISY's calibrated policy (per task: the task's own saved policy
 where the model has one, as DAISY's paper gives each task its threshold), entropy budgets at other
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,38 +27,18 @@ import torch
 from daisy import policies
 from daisy.compute import compute_share
 from daisy.data.batching import batches
-from daisy.downstream import metrics
+from daisy.downstream import tasks as registry
 from daisy.downstream.featurizer import MODES, WeightedSum
-from daisy.downstream.probes import CharVocab, CTCProbe, EnhancementProbe, SeparationProbe, SIDProbe
-from daisy.downstream.tasks import SYNTHETIC_SOURCES, TASKS, TaskData
+from daisy.downstream.tasks import SIZES, ProbeSize, Task, TaskData  # noqa: F401  (SIZES, ProbeSize: re-exported)
 from daisy.features import mfcc
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
 from daisy.progress import progress
 
-PRIMARY = {"asr": ("cer", False), "sid": ("accuracy", True), "se": ("pesq", True), "ss": ("si_sdri", True)}
-
-
-@dataclass
-class ProbeSize:
-    hidden: int
-    layers: int
-    steps: dict[str, int]
-    batch_size: int = 8
-    lr: float = 1e-3
-
-
-SIZES = {
-    "quick": ProbeSize(32, 1, {"asr": 40, "sid": 40, "se": 30, "ss": 30}),
-    "cpu": ProbeSize(128, 1, {"asr": 400, "sid": 200, "se": 200, "ss": 200}),
-    # MiniSUPERB's probes and step counts (arXiv 2305.19011)
-    "paper": ProbeSize(256, 3, {"asr": 20000, "sid": 20000, "se": 10000, "ss": 15000}, lr=1e-4),
-}
-
 
 @dataclass
 class MiniSuperbConfig:
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = field(default_factory=registry.names)
     size: str = "cpu"
     featurizer: str = "dynamic"
     budgets: tuple[float, ...] = (0.4, 0.8)
@@ -67,10 +49,8 @@ class MiniSuperbConfig:
 
     def __post_init__(self):
         # messages start with the field's name, which is also the CLI option's
-        self.tasks = tuple(self.tasks)
+        self.tasks = registry.check_names(self.tasks)
         self.budgets, self.fixed = tuple(self.budgets), tuple(self.fixed)
-        if not self.tasks or not set(self.tasks) <= set(TASKS):
-            raise ValueError(f"tasks must be among {', '.join(TASKS)}, got {','.join(self.tasks)!r}")
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if self.featurizer not in MODES:
@@ -172,121 +152,75 @@ def _collate(features: Features, idx: list[int], exits: torch.Tensor | None):
     return padded, frames, (None if exits is None else exits[idx])
 
 
-def _pad_signals(signals: list[np.ndarray], idx: list[int]) -> torch.Tensor:
-    width = max(s.shape[-1] for s in (signals[i] for i in idx))
-    out = []
-    for i in idx:
-        s = torch.from_numpy(np.asarray(signals[i], dtype=np.float32))
-        out.append(torch.nn.functional.pad(s, (0, width - s.shape[-1])))
-    return torch.stack(out)
-
-
 class Probe(torch.nn.Module):
-    """A featurizer (weighted sum over the states run) followed by a task probe."""
+    """A featurizer (weighted sum over the states run; None for a single stream) followed by a task's probe."""
 
-    def __init__(self, task: str, depth: int, dim: int, size: ProbeSize, mode: str, vocab=None, speakers=0):
+    def __init__(self, featurizer: WeightedSum | None, head: torch.nn.Module):
         super().__init__()
-        self.task = task
-        # a single feature stream (the MFCC baseline) has nothing to weigh
-        self.featurizer = WeightedSum(depth - 1, mode=mode) if depth > 1 else None
-        if task == "asr":
-            self.head = CTCProbe(dim, len(vocab), size.hidden, size.layers)
-        elif task == "sid":
-            self.head = SIDProbe(dim, speakers)
-        elif task == "se":
-            self.head = EnhancementProbe(dim, size.hidden, size.layers)
-        else:
-            self.head = SeparationProbe(dim, size.hidden, size.layers)
+        self.featurizer, self.head = featurizer, head
 
     def features(self, states, exits):
         return states[0] if self.featurizer is None else self.featurizer(states, exits)
 
 
 def train_and_evaluate(
-    task: str,
+    task: str | Task,
     train: tuple[Features, TaskData],
     test: tuple[Features, TaskData],
     train_exits,
     test_exits,
     config: MiniSuperbConfig,
-    vocab: CharVocab,
-    speakers: int,
+    on_step: Callable[[], None] | None = None,
 ) -> dict:
-    probe = train_probe(task, *train, train_exits, config, vocab, speakers)
-    return evaluate(probe, task, *test, test_exits, vocab, config.max_eval_signals)
+    probe = train_probe(task, *train, train_exits, config, on_step)
+    return evaluate(probe, task, *test, test_exits, config.max_eval_signals)
 
 
 def train_probe(
-    task: str,
+    task: str | Task,
     train_feats: Features,
     train_data: TaskData,
     train_exits,
     config: MiniSuperbConfig,
-    vocab: CharVocab,
-    speakers: int = 0,
+    on_step: Callable[[], None] | None = None,
 ) -> Probe:
-    """A featurizer + probe trained on `train_feats` cut at `train_exits` (None: every layer)."""
+    """A featurizer + the task's probe trained on `train_feats` cut at `train_exits` (None: every layer);
+    `on_step` is called after every training step (progress)."""
+    task = registry.get(task)
     size = SIZES[config.size]
     depth, _, dim = train_feats.states[0].shape
     torch.manual_seed(config.seed)
-    probe = Probe(task, depth, dim, size, config.featurizer, vocab, speakers)
+    # a single feature stream (the MFCC baseline) has nothing to weigh
+    featurizer = WeightedSum(depth - 1, mode=config.featurizer) if depth > 1 else None
+    probe = Probe(featurizer, task.head(dim, size, train_data))
     optim = torch.optim.AdamW(probe.parameters(), lr=size.lr)
     rng = np.random.default_rng(config.seed)
     n = len(train_feats.states)
-    for _ in range(size.steps[task]):
+    for _ in range(task.steps[config.size]):
         idx = [int(i) for i in rng.choice(n, size=min(size.batch_size, n), replace=False)]
         states, frames, exits = _collate(train_feats, idx, train_exits)
-        feats = probe.features(states, exits)
-        loss = _loss(probe.head, task, feats, frames, idx, train_data, vocab)
+        loss = task.loss(probe.head, probe.features(states, exits), frames, idx, train_data)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
+        if on_step is not None:
+            on_step()
     return probe.eval()
 
 
-def _loss(head, task, feats, frames, idx, data: TaskData, vocab: CharVocab):
-    if task == "asr":
-        encoded = [torch.tensor(vocab.encode(data.texts[i])) for i in idx]
-        targets = torch.nn.utils.rnn.pad_sequence(encoded, batch_first=True)
-        return head.loss(feats, frames, targets, torch.tensor([len(e) for e in encoded]))
-    if task == "sid":
-        return head.loss(feats, frames, torch.tensor([data.speakers[i] for i in idx]))
-    inputs = _pad_signals(data.inputs, idx)
-    return head.loss(feats, inputs, _pad_signals(data.targets, idx), frames)
-
-
 @torch.no_grad()
-def evaluate(probe: Probe, task, feats: Features, data: TaskData, exits, vocab, max_signals: int) -> dict:
-    count = len(feats.states) if task in ("asr", "sid") else min(len(feats.states), max_signals)
-    hyps, preds, scores = [], [], {"pesq": [], "stoi": [], "si_sdri": []}
-    for start in range(0, count, 8):
-        idx = list(range(start, min(start + 8, count)))
-        states, frames, ex = _collate(feats, idx, exits)
-        f = probe.features(states, ex)
-        if task == "asr":
-            hyps += [vocab.decode(ids) for ids in probe.head.predict(f, frames)]
-        elif task == "sid":
-            preds += probe.head.predict(f, frames).tolist()
-        elif task == "se":
-            enhanced = probe.head.enhance(f, _pad_signals(data.inputs, idx), frames)
-            for row, i in enumerate(idx):
-                n = data.targets[i].shape[-1]
-                scores["pesq"].append(metrics.pesq_wb(data.targets[i], enhanced[row, :n].numpy()))
-                scores["stoi"].append(metrics.stoi(data.targets[i], enhanced[row, :n].numpy()))
-        else:
-            mix = _pad_signals(data.inputs, idx)
-            est = probe.head.separate(f, mix, frames)
-            for row, i in enumerate(idx):
-                n = data.targets[i].shape[-1]
-                ref = torch.from_numpy(data.targets[i])[None]
-                aligned = metrics.align_sources(est[row : row + 1, :, :n], ref)
-                scores["si_sdri"].append(metrics.si_sdr_improvement(aligned, mix[row : row + 1, :n], ref).mean().item())
-    if task == "asr":
-        refs = [CharVocab.normalise(data.texts[i]) for i in range(count)]
-        return {"cer": metrics.cer(refs, hyps), "wer": metrics.wer(refs, hyps), "example": hyps[0]}
-    if task == "sid":
-        return {"accuracy": metrics.accuracy(preds, data.speakers[:count])}
-    return {k: float(np.mean(v)) for k, v in scores.items() if v}
+def evaluate(probe: Probe, task: str | Task, feats: Features, data: TaskData, exits, max_signals: int) -> dict:
+    """The task's metrics on `feats` cut at `exits`; per-signal tasks (`capped`) on the first `max_signals`."""
+    task = registry.get(task)
+    count = min(len(feats.states), max_signals) if task.capped else len(feats.states)
+
+    def test_batches():
+        for start in range(0, count, 8):
+            idx = list(range(start, min(start + 8, count)))
+            states, frames, ex = _collate(feats, idx, exits)
+            yield probe.features(states, ex), frames, idx
+
+    return task.evaluate(probe.head, test_batches(), data)
 
 
 # A task enters the score only where the full model beats MFCC by this share of the larger figure: otherwise the
@@ -298,7 +232,7 @@ def scored_tasks(results: dict[str, dict[str, dict]]) -> list[str]:
     """Tasks whose full model beats MFCC on the primary metric by at least MIN_GAIN (relative)."""
     keep = []
     for task, by_setting in results.items():
-        name, higher_is_better = PRIMARY[task]
+        name, higher_is_better = registry.get(task).primary
         if not {"mfcc", "full"} <= set(by_setting):
             continue
         base, full = (by_setting[k]["metrics"][name] for k in ("mfcc", "full"))
@@ -317,7 +251,7 @@ def score(results: dict[str, dict[str, dict]]) -> dict[str, float]:
     for setting in settings_seen:
         parts = []
         for task in tasks:
-            name, _ = PRIMARY[task]
+            name, _ = registry.get(task).primary
             by_setting = results[task]
             if setting not in by_setting:
                 continue
@@ -331,7 +265,7 @@ def score(results: dict[str, dict[str, dict]]) -> dict[str, float]:
 def markdown(results: dict, scores: dict) -> str:
     lines = ["| task | setting | metric | value | mean exit depth | compute share |", "|---|---|---|---:|---:|---:|"]
     for task, by_setting in results.items():
-        name, _ = PRIMARY[task]
+        name, _ = registry.get(task).primary
         for setting, r in by_setting.items():
             depth = "-" if r["mean_depth"] is None else f"{r['mean_depth']:.2f}"
             share = "-" if r["compute_share"] is None else f"{r['compute_share']:.2f}"
@@ -361,7 +295,7 @@ def plot(results: dict, num_layers: int, out: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.4), squeeze=False)
     for ax, (task, by_setting) in zip(axes[0], results.items()):
-        name, higher = PRIMARY[task]
+        name, higher = registry.get(task).primary
         for label, marker, chosen in (
             ("entropy (DAISY / budgets)", "o", lambda s: s == "daisy" or s.startswith("budget")),
             ("fixed truncation", "^", lambda s: s.startswith("fixed")),
@@ -391,12 +325,12 @@ def run(
     config: MiniSuperbConfig,
     source: dict[str, str] | None = None,
 ) -> dict:
-    """data: input set -> split ('train', 'test') -> TaskData; source: task -> input set, by default the
-    synthetic sets ('clean' for asr and sid, 'noisy' for se, 'mix' for ss). Features are extracted once
-    per input set."""
+    """data: input set -> split ('train', 'test') -> TaskData; source: task -> input set, by default each
+    task's synthetic set ('clean' for asr and sid, 'noisy' for se, 'mix' for ss). Features are extracted
+    once per input set."""
     out = Path(out)
     config.check(model.num_layers)  # before any feature is extracted
-    source = SYNTHETIC_SOURCES if source is None else source
+    source = registry.synthetic_sources(config.tasks) if source is None else source
     missing = [t for t in config.tasks if source.get(t) not in data]
     if missing:
         raise ValueError(f"no data for task(s) {', '.join(missing)}: input sets given are {', '.join(data)}")
@@ -410,14 +344,12 @@ def run(
     dev = extract(model, dev_wavs, out / "features" / "dev.pt")
     dev_entropy = dev.entropy
     chosen = settings(model, dev_entropy, config)
-    vocab = CharVocab()
-    sid = data.get(source.get("sid"))
-    speakers = max(sid["train"].speakers + sid["test"].speakers, default=0) + 1 if sid else 0
     results: dict[str, dict] = {}
     probe_key = config.probe_key()
     jobs = [(t, s) for t in config.tasks for s in ["mfcc", *chosen]]
     with progress() as bar:
-        task_bar = bar.add_task("probes", total=len(jobs))
+        overall = bar.add_task("probes", total=len(jobs))
+        current = bar.add_task("", total=1, visible=False)  # the probe in training: its steps
         for task, setting in jobs:
             cached = out / "results" / f"{task}-{setting}.json"
             key = source[task]
@@ -431,16 +363,22 @@ def run(
             # a cached result counts only for the same probe, policy, model and audio (dev included: it calibrates)
             if record.get("config") == probe_key and record.get("policy") == policy and record.get("inputs") == inputs:
                 results.setdefault(task, {})[setting] = record
-                bar.advance(task_bar)
+                bar.advance(overall)
                 continue
-            bar.update(task_bar, description=f"probe {task} / {setting}")
+            steps = registry.get(task).steps[config.size]
+            bar.reset(current, total=steps, description=f"probe {task} / {setting}: steps", visible=True)
             exits = (
                 (None, None)
                 if setting == "mfcc"
                 else tuple(run_policy.exit_layers({"entropy": f.entropy}) for f in (train_f, test_f))
             )
             result = train_and_evaluate(
-                task, (train_f, data[key]["train"]), (test_f, data[key]["test"]), *exits, config, vocab, speakers
+                task,
+                (train_f, data[key]["train"]),
+                (test_f, data[key]["test"]),
+                *exits,
+                config,
+                on_step=lambda: bar.advance(current),
             )
             depth = None if exits[1] is None else exits[1].float().mean().item()
             record = {
@@ -455,7 +393,8 @@ def run(
             }
             write_json(cached, record)
             results.setdefault(task, {})[setting] = record
-            bar.advance(task_bar)
+            bar.advance(overall)
+        bar.update(current, visible=False)
     scores = score(results)
     summary = {"config": asdict(config), "results": results, "scores": scores, "scored_tasks": scored_tasks(results)}
     write_json(out / "results.json", summary)

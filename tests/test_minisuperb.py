@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from daisy import policies
+from daisy.downstream import metrics
 from daisy.downstream.minisuperb import MiniSuperbConfig, markdown, run, score, scored_tasks
-from daisy.downstream.tasks import synthetic_tasks
+from daisy.downstream.probes import SIDProbe
+from daisy.downstream.tasks import Task, TaskData, synthetic_tasks
 
 
 def test_score_normalises_between_mfcc_and_full():
@@ -149,3 +151,110 @@ def test_config_is_checked_when_made():
         with pytest.raises(ValueError, match=problem):
             MiniSuperbConfig(**fields)
     assert MiniSuperbConfig(tasks=["sid"]).tasks == ("sid",)
+
+
+# --- tasks are registered objects ---------------------------------------------------------------------------------
+
+
+GAINS = (0.1, 1.0)
+
+
+def played(wavs):
+    """Utterances at alternating gains, the gain's index as the label."""
+    return TaskData([w * GAINS[i % 2] for i, w in enumerate(wavs)], speakers=[i % 2 for i in range(len(wavs))])
+
+
+class GainTask(Task):
+    """A task made in the test, whole in one class as a task module holds it: at which gain an utterance plays."""
+
+    name = "gain"
+    primary = ("accuracy", True)
+    steps = {"quick": 5, "cpu": 50, "paper": 500}
+    synthetic_source = "gain"
+    corpus = "gainbank"
+
+    def synthetic(self, corpus):
+        return {"train": played(corpus.train_wavs), "test": played(corpus.test_wavs)}
+
+    def read_corpus(self, root, pick, load):  # a folder of wavs per split
+        return {s: played([load(p) for p in pick(sorted((root / s).glob("*.wav")), s)]) for s in ("train", "test")}
+
+    def head(self, dim, size, train):
+        return SIDProbe(dim, len(GAINS))
+
+    def loss(self, head, features, frames, idx, data):
+        return head.loss(features, frames, torch.tensor([data.speakers[i] for i in idx]))
+
+    def evaluate(self, head, batches, data):
+        preds, truth = [], []
+        for features, frames, idx in batches:
+            preds += head.predict(features, frames).tolist()
+            truth += [data.speakers[i] for i in idx]
+        return {"accuracy": metrics.accuracy(preds, truth)}
+
+
+@pytest.fixture
+def gain_task(monkeypatch):
+    """The Gain task registered for one test only (the registry is restored afterwards)."""
+    from daisy.downstream.tasks import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    return base.register(GainTask)
+
+
+def test_a_task_is_one_registered_class_and_the_runner_serves_it(gain_task, tmp_path, quick_corpus):
+    from conftest import random_early_exit
+    from daisy import audio
+    from daisy.data.corpus import load_manifest
+    from daisy.downstream.tasks import corpus_tasks, names, parse_corpus_paths
+
+    assert names() == ("asr", "sid", "se", "ss", "gain")
+    train, test = load_manifest(quick_corpus, "train")[:8], load_manifest(quick_corpus, "test")[:4]
+    dev = [u.load() for u in load_manifest(quick_corpus, "dev")[:4]]
+    data = synthetic_tasks(train, test, [u.load() for u in train], [u.load() for u in test], tasks=("gain",))
+    assert set(data) == {"gain"} and data["gain"]["train"].speakers == [0, 1] * 4  # only the input set it reads
+    config = MiniSuperbConfig(tasks=("gain",), size="quick", budgets=(), fixed=(1,))
+    summary = run(random_early_exit(), data, dev, tmp_path, config)
+    assert set(summary["results"]["gain"]) == {"mfcc", "full", "daisy", "fixed-1"}
+    assert 0.0 <= summary["results"]["gain"]["full"]["metrics"]["accuracy"] <= 1.0
+    assert "| gain | full | accuracy |" in (tmp_path / "results.md").read_text()
+    # its real corpus: a folder of wavs per split, found by task or corpus name
+    for split, utts in (("train", train[:4]), ("test", test[:2])):
+        for u in utts:
+            audio.save(tmp_path / "bank" / split / f"{u.id}.wav", u.load())
+    assert parse_corpus_paths(f"gainbank={tmp_path / 'bank'}") == {"gain": tmp_path / "bank"}
+    real = corpus_tasks({"gain": tmp_path / "bank"}, train=3, test=2)
+    assert real.source == {"gain": "gainbank"} and len(real.data["gainbank"]["train"].inputs) == 3
+    assert len(real.dev) == 3  # no dev split: a sample of its training inputs
+
+
+def test_registering_checks_the_task(gain_task):
+    from daisy.downstream.tasks import register
+
+    with pytest.raises(ValueError, match="the name 'gain' is taken; corpus 'gainbank' is another task's"):
+        register(gain_task)
+
+    class Sizeless(gain_task):
+        name, corpus, steps = "sizeless", "nothing", {"quick": 5}
+
+    with pytest.raises(ValueError, match="task Sizeless: steps must give quick, cpu, paper, got quick"):
+        register(Sizeless)
+
+
+def test_unknown_task_names_are_refused_before_any_work_naming_the_known_ones(tmp_path):
+    from daisy.downstream.minisuperb import train_probe
+    from daisy.downstream.tasks import corpus_tasks, get, parse_corpus_paths
+
+    known = "asr, sid, se, ss"
+    with pytest.raises(ValueError, match=f"unknown task 'mt': expected one of {known}"):
+        get("mt")
+    with pytest.raises(ValueError, match=f"tasks must be among {known}, got 'sid,mt'"):
+        MiniSuperbConfig(tasks=("sid", "mt"))
+    with pytest.raises(ValueError, match=f"unknown task\\(s\\) mt: expected among {known}"):
+        corpus_tasks({"mt": tmp_path}, train=1, test=1)
+    with pytest.raises(ValueError, match=f"KEY among {known} or librispeech, voxceleb1, voicebank, libri2mix"):
+        parse_corpus_paths(f"mt={tmp_path}")
+    with pytest.raises(ValueError, match="unknown task 'mt'"):
+        synthetic_tasks([], [], [], [], tasks=("mt",))
+    with pytest.raises(ValueError, match="unknown task 'mt'"):
+        train_probe("mt", None, None, None, MiniSuperbConfig(size="quick"))

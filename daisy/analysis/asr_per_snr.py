@@ -23,7 +23,6 @@ from daisy import policies
 from daisy.analysis.noise_sweep import CLEAN, SweepConfig, conditions, mixed, noise_for
 from daisy.data.noise import mix_at_snr
 from daisy.downstream.minisuperb import MiniSuperbConfig, evaluate, extract, train_probe
-from daisy.downstream.probes import CharVocab
 from daisy.downstream.tasks import TaskData
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
@@ -77,7 +76,6 @@ def asr_quality(
         raise ValueError("the ASR probe needs a transcript for every utterance (empty text found)")
     num_layers = model.num_layers
     probe_config = MiniSuperbConfig(tasks=("asr",), size=config.size, seed=config.seed)
-    vocab = CharVocab()
     clean_test = extract(model, test_wavs)
     clean_depth = model.policy.exit_layers({"entropy": clean_test.entropy}).float().mean().item()
     fixed = max(1, round(clean_depth))
@@ -89,7 +87,7 @@ def asr_quality(
         task = bar.add_task("ASR probes", total=len(chosen))
         for name, policy in chosen.items():
             exits = policy.exit_layers({"entropy": train_feats.entropy})
-            probes[name] = train_probe("asr", train_feats, TaskData([], texts=train_texts), exits, probe_config, vocab)
+            probes[name] = train_probe("asr", train_feats, TaskData([], texts=train_texts), exits, probe_config)
             bar.advance(task)
 
     rows = []
@@ -106,7 +104,7 @@ def asr_quality(
                 test_entropy[kind, snr] = feats.entropy
             for name, policy in chosen.items():
                 exits = policy.exit_layers({"entropy": feats.entropy})
-                result = evaluate(probes[name], "asr", feats, TaskData([], texts=test_texts), exits, vocab, 0)
+                result = evaluate(probes[name], "asr", feats, TaskData([], texts=test_texts), exits, 0)
                 rows.append(
                     {
                         "noise": kind,

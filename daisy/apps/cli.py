@@ -450,14 +450,14 @@ def minisuperb(
     only the probes it has not got."""
     from daisy.data.sources import load_all, utterances
     from daisy.downstream.minisuperb import MiniSuperbConfig, run
-    from daisy.downstream.tasks import TASKS, corpus_tasks, parse_corpus_paths, synthetic_tasks
+    from daisy.downstream.tasks import corpus_tasks, names, parse_corpus_paths, synthetic_tasks
     from daisy.model import EarlyExitHubert
 
     try:
         paths = None if data == "synthetic" else parse_corpus_paths(data)
     except ValueError as e:
         fail(str(e))
-    chosen = tuple(t.strip() for t in (tasks or ",".join(paths or TASKS)).split(",") if t.strip())
+    chosen = tuple(t.strip() for t in (tasks or ",".join(paths or names())).split(",") if t.strip())
     try:  # checked before any model or audio is read
         config = MiniSuperbConfig(
             tasks=chosen,
