@@ -1,7 +1,7 @@
 """MiniSUPERB-style evaluation of exited representations (`daisy minisuperb`).
 
 As MiniSUPERB, features are extracted once per input set (a trace: every layer's states and every
-head's entropy for every utterance, kept in fp16), then probes train on a weighted sum of layers.
+head score for every utterance, states kept in fp16), then probes train on a weighted sum of layers.
 The tasks are the registered ones (`daisy.downstream.tasks`); this runner knows none of them by name.
 Upstream settings differ only in their exit layers, applied to the stored trace (the same exits as
 the live model): the full model, DAISY's calibrated policy (per task: the task's own saved policy
@@ -34,6 +34,10 @@ from daisy.features import mfcc
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
 from daisy.progress import progress
+
+# What a feature cache holds: 1 kept head entropy only; 2 keeps every score the trace gives. A cache of
+# another format is extracted again (its scores would not serve every policy).
+FEATURES_FORMAT = 2
 
 
 @dataclass
@@ -77,10 +81,11 @@ class MiniSuperbConfig:
 
 @dataclass
 class Features:
-    """A trace of one input set: states (L+1, T_i, D) fp16 per utterance, entropies (N, L)."""
+    """A trace of one input set: states (L+1, T_i, D) fp16 per utterance, and every head score the trace
+    gives, name -> (N, L) (entropy, confidence, ...), so that any policy's exits can be read off it."""
 
     states: list[torch.Tensor]
-    entropy: torch.Tensor
+    scores: dict[str, torch.Tensor]
     key: str = ""  # digest of the model and the audio these features come from
 
     @property
@@ -101,14 +106,15 @@ def fingerprint(wavs: list[np.ndarray], model: torch.nn.Module | None = None) ->
 
 @torch.no_grad()
 def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None = None) -> Features:
-    """Every layer's states and every head's entropy of `wavs`; cached at `cache` for this model and audio."""
+    """Every layer's states and every head score of `wavs`; cached at `cache` for this model, audio and
+    FEATURES_FORMAT."""
     key = fingerprint(wavs, model) if cache is not None else ""  # hashing only pays where a cache is read
     if cache is not None and cache.is_file():
         stored = torch.load(cache, weights_only=True)
-        if stored.get("key") == key:
-            return Features(**stored)
+        if stored.get("format") == FEATURES_FORMAT and stored.get("key") == key:
+            return Features(stored["states"], stored["scores"], key)
     states: list = [None] * len(wavs)
-    entropy = torch.zeros(len(wavs), model.num_layers)
+    scores: dict[str, torch.Tensor] = {}
     with progress() as bar:
         task = bar.add_task(f"extracting {cache.stem if cache else 'features'}", total=len(wavs))
         for idx, padded, lengths in batches(wavs, 8):
@@ -116,28 +122,30 @@ def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None =
             stacked = torch.stack(trace.hidden_states)  # (L+1, B, T, D)
             for row, i in enumerate(idx):
                 states[i] = stacked[:, row, : int(trace.lengths[row])].half().clone()
-            entropy[idx] = trace.scores["entropy"]
+            for name, value in trace.scores.items():
+                scores.setdefault(name, torch.zeros(len(wavs), model.num_layers))[idx] = value.float().cpu()
             bar.advance(task, len(idx))
-    features = Features(states, entropy, key)
+    features = Features(states, scores, key)
     if cache is not None:
         with atomic_path(cache, suffix=".pt") as tmp:
-            torch.save(asdict(features), tmp)
+            torch.save({"format": FEATURES_FORMAT, **asdict(features)}, tmp)
     return features
 
 
 def mfcc_features(wavs: list[np.ndarray]) -> Features:
     """The baseline: MFCC + deltas as a single 'layer' (1, T, 39), frame-aligned with HuBERT's."""
     states = [mfcc(torch.from_numpy(w))[None].half() for w in wavs]
-    return Features(states, torch.zeros(len(wavs), 0), "mfcc-" + fingerprint(wavs))
+    return Features(states, {}, "mfcc-" + fingerprint(wavs))
 
 
-def settings(model: EarlyExitHubert, dev_entropy: torch.Tensor, config: MiniSuperbConfig) -> dict[str, policies.Policy]:
-    """Upstream settings compared: name -> policy over entropy traces."""
+def settings(model: EarlyExitHubert, dev_scores: dict[str, torch.Tensor], config: MiniSuperbConfig) -> dict:
+    """Upstream settings compared: name -> policy over score traces (entropy budgets calibrate on the dev
+    entropies; DAISY's policy may read any score)."""
     num_layers = model.num_layers
-    daisy_depth = model.policy.exit_layers({"entropy": dev_entropy}).float().mean().item()
+    daisy_depth = model.policy.exit_layers(dev_scores).float().mean().item()
     out = {"full": policies.Fixed(layer=num_layers), "daisy": model.policy}
     for fraction in config.budgets:
-        out[f"budget-{fraction:g}"] = policies.calibrate_budget(dev_entropy, fraction * num_layers)
+        out[f"budget-{fraction:g}"] = policies.calibrate_budget(dev_scores["entropy"], fraction * num_layers)
     for layer in config.fixed or (max(1, round(daisy_depth)),):
         out[f"fixed-{layer}"] = policies.Fixed(layer=layer)
     return out
@@ -342,8 +350,7 @@ def run(
     }
     base = {(s, split): mfcc_features(data[s][split].inputs) for s in needed for split in ("train", "test")}
     dev = extract(model, dev_wavs, out / "features" / "dev.pt")
-    dev_entropy = dev.entropy
-    chosen = settings(model, dev_entropy, config)
+    chosen = settings(model, dev.scores, config)
     results: dict[str, dict] = {}
     probe_key = config.probe_key()
     jobs = [(t, s) for t in config.tasks for s in ["mfcc", *chosen]]
@@ -367,11 +374,9 @@ def run(
                 continue
             steps = registry.get(task).steps[config.size]
             bar.reset(current, total=steps, description=f"probe {task} / {setting}: steps", visible=True)
-            exits = (
-                (None, None)
-                if setting == "mfcc"
-                else tuple(run_policy.exit_layers({"entropy": f.entropy}) for f in (train_f, test_f))
-            )
+            exits = (None, None)
+            if setting != "mfcc":  # the policy reads any score it needs off the stored trace
+                exits = tuple(run_policy.exit_layers(f.scores) for f in (train_f, test_f))
             result = train_and_evaluate(
                 task,
                 (train_f, data[key]["train"]),

@@ -258,3 +258,50 @@ def test_unknown_task_names_are_refused_before_any_work_naming_the_known_ones(tm
         synthetic_tasks([], [], [], [], tasks=("mt",))
     with pytest.raises(ValueError, match="unknown task 'mt'"):
         train_probe("mt", None, None, None, MiniSuperbConfig(size="quick"))
+
+
+# --- any policy: the features keep every score the trace gives --------------------------------------------------
+
+
+def test_a_confidence_policy_runs_minisuperb_from_the_cli(tmp_path, quick_corpus, monkeypatch):
+    from typer.testing import CliRunner
+
+    from conftest import random_early_exit
+    from daisy.apps.cli import app
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "corpus").symlink_to(quick_corpus.parent)  # `--quick` reads the session's corpus
+    monkeypatch.setenv("DAISY_CACHE", str(tmp_path / "cache"))
+    model = random_early_exit()
+    model.policy = policies.Confidence(threshold=0.6)
+    model.save_pretrained(tmp_path / "model")
+    args = ["minisuperb", "--model", str(tmp_path / "model"), "--quick", "--tasks", "sid", "--size", "quick"]
+    result = CliRunner().invoke(
+        app, [*args, "--train", "24", "--test", "8", "--budgets", "0.5", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    daisy = json.loads((tmp_path / "o" / "results.json").read_text())["results"]["sid"]["daisy"]
+    assert daisy["policy"] == {"name": "confidence", "threshold": 0.6, "min_layer": 1}
+    stored = torch.load(tmp_path / "o" / "features" / "clean-test.pt", weights_only=True)
+    assert {"entropy", "confidence"} <= set(stored["scores"])
+    exits = policies.Confidence(threshold=0.6).exit_layers(stored["scores"])
+    assert daisy["mean_depth"] == pytest.approx(exits.float().mean().item())
+    assert "probe sid / daisy" in result.output  # progress lines, as the output is not a terminal
+
+
+def test_a_feature_cache_of_another_format_is_extracted_again(tmp_path):
+    import numpy as np
+
+    from conftest import random_early_exit
+    from daisy.downstream.minisuperb import extract, fingerprint
+
+    rng = np.random.default_rng(0)
+    wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 9000)]
+    model, cache = random_early_exit(), tmp_path / "f.pt"
+    fresh = extract(model, wavs)
+    # what the cache held before every score was kept: the same model and audio, entropy only
+    torch.save({"states": fresh.states, "entropy": fresh.scores["entropy"], "key": fingerprint(wavs, model)}, cache)
+    again = extract(model, wavs, cache)
+    assert set(again.scores) == set(fresh.scores) and "confidence" in again.scores
+    torch.testing.assert_close(again.scores["confidence"], fresh.scores["confidence"])
+    assert "scores" in torch.load(cache, weights_only=True)  # rewritten in the current format

@@ -77,7 +77,7 @@ def asr_quality(
     num_layers = model.num_layers
     probe_config = MiniSuperbConfig(tasks=("asr",), size=config.size, seed=config.seed)
     clean_test = extract(model, test_wavs)
-    clean_depth = model.policy.exit_layers({"entropy": clean_test.entropy}).float().mean().item()
+    clean_depth = model.policy.exit_layers(clean_test.scores).float().mean().item()
     fixed = max(1, round(clean_depth))
     chosen = {"daisy": model.policy, "fixed": policies.Fixed(layer=fixed), "full": policies.Fixed(layer=num_layers)}
 
@@ -86,7 +86,7 @@ def asr_quality(
     with progress() as bar:
         task = bar.add_task("ASR probes", total=len(chosen))
         for name, policy in chosen.items():
-            exits = policy.exit_layers({"entropy": train_feats.entropy})
+            exits = policy.exit_layers(train_feats.scores)
             probes[name] = train_probe("asr", train_feats, TaskData([], texts=train_texts), exits, probe_config)
             bar.advance(task)
 
@@ -101,9 +101,9 @@ def asr_quality(
                 else extract(model, mixed(test_wavs, kind, snr, sweep, babble_pool, noise_files))
             )
             if test_entropy is not None:
-                test_entropy[kind, snr] = feats.entropy
+                test_entropy[kind, snr] = feats.scores["entropy"]
             for name, policy in chosen.items():
-                exits = policy.exit_layers({"entropy": feats.entropy})
+                exits = policy.exit_layers(feats.scores)
                 result = evaluate(probes[name], "asr", feats, TaskData([], texts=test_texts), exits, 0)
                 rows.append(
                     {
