@@ -297,6 +297,64 @@ def test_exit_policy_options(model_dir, wavs):
         assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, options
 
 
+def one_line_error(result, *parts) -> bool:
+    lines = result.output.strip().splitlines()
+    return result.exit_code == 1 and len(lines) == 1 and all(p in lines[0] for p in parts)
+
+
+def test_nonsense_thresholds_are_refused_in_one_line(model_dir, wavs):
+    def run(*options):
+        return runner.invoke(app, ["exit", "--model", str(model_dir), *options, str(wavs[1])])
+
+    for options, parts in [
+        (("--threshold", "nan"), ("--threshold must be a finite number, got nan",)),
+        (("--threshold", "inf"), ("--threshold must be a finite number, got inf",)),
+        (("--policy", "confidence", "--threshold", "1.5"), ("confidence policy: threshold", "in 0..1", "got 1.5")),
+        (("--policy", "confidence", "--threshold", "-0.5"), ("confidence policy: threshold", "in 0..1", "got -0.5")),
+        (("--threshold", "abc"), ("--threshold",)),  # typer's own check: not a number
+    ]:
+        result = run(*options)
+        assert result.exit_code != 0 and "Traceback" not in result.output, options
+        assert all(p in result.output for p in parts), (options, result.output)
+        if options[1] != "abc":
+            assert one_line_error(result, *parts), (options, result.output)
+    # the same checks guard daisy.json: a NaN threshold there is named with its file
+    spec = json.loads((model_dir / "daisy.json").read_text())
+    for policy, parts in [
+        ({"name": "entropy", "threshold": float("nan")}, ("threshold must be a finite number", "got nan")),
+        ({"name": "entropy", "threshold": "3"}, ("threshold must be a finite number", "got '3'")),
+        ({"name": "entropy", "threshold": 1.0, "target_depth": 2.0}, ("no field target_depth", "budget policy's")),
+    ]:
+        (model_dir / "daisy.json").write_text(json.dumps({**spec, "policy": policy}))
+        assert one_line_error(run(), str(model_dir / "daisy.json"), *parts), policy
+
+
+def test_calibrate_refuses_nonsense_numbers_before_any_work(model_dir, monkeypatch):
+    import daisy.model
+
+    monkeypatch.setattr(daisy.model.EarlyExitHubert, "from_pretrained", lambda *a: pytest.fail("checked first"))
+    for options, problem in [
+        (("--depth", "nan"), "--depth must be a finite number, got nan"),
+        (("--compute", "inf"), "--compute must be a finite number, got inf"),
+        (("--depth", "2", "--rare-exits", "nan"), "--rare-exits must be a finite number, got nan"),
+        (("--depth", "2", "--min-layer", "0"), "--min-layer must be at least 1, got 0"),
+    ]:
+        result = runner.invoke(app, ["calibrate", "--model", str(model_dir), *options])
+        assert one_line_error(result, problem), (options, result.output)
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path):
+    def run(device):
+        return runner.invoke(app, ["pretrain", "--out", str(tmp_path / "run"), "--quick", "--device", device])
+
+    assert one_line_error(run("banana"), "--device 'banana': not a torch device")
+    if not torch.cuda.is_available():
+        assert one_line_error(run("cuda"), "--device cuda: this machine has no CUDA device")
+    else:
+        assert one_line_error(run(f"cuda:{torch.cuda.device_count()}"), "CUDA device(s)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_heads_checks_its_options_before_any_work(model_dir, tmp_path, wavs):
     def run(*options, model=model_dir):
         args = ["train-heads", "--model", str(model), "--data", str(wavs[0].parent), "--out", str(tmp_path / "h")]

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import random_early_exit
-from daisy import audio
+from daisy import audio, policies
 from daisy.analysis import asr_per_snr as sq
 from daisy.analysis import noise_sweep as ns
 from daisy.apps.cli import app
@@ -28,10 +28,16 @@ def test_training_audio_is_multi_condition_within_the_sweep_range():
             assert -0.1 <= snr <= 10.1
 
 
-def test_asr_quality_rows_per_condition_and_setting(tmp_path, quick_corpus, monkeypatch):
+@pytest.mark.parametrize("policy", [None, {"name": "confidence", "threshold": 0.6}])
+def test_asr_quality_rows_per_condition_and_setting(tmp_path, quick_corpus, monkeypatch, policy):
     from daisy.data.corpus import load_manifest
 
     model = random_early_exit()
+    if policy is not None:  # any policy runs: the features keep every head score
+        model.policy = policies.policy_from_dict(policy)
+        # the probes are the entropy case's; here only the exits matter, so they are stand-ins (fast)
+        monkeypatch.setattr(sq, "train_probe", lambda *a: None)
+        monkeypatch.setattr(sq, "evaluate", lambda *a: {"cer": 0.5, "wer": 1.0})
     train = load_manifest(quick_corpus, "train")[:16]
     test = load_manifest(quick_corpus, "test")[:6]
     test_wavs = [u.load() for u in test]
@@ -42,7 +48,7 @@ def test_asr_quality_rows_per_condition_and_setting(tmp_path, quick_corpus, monk
         (test_wavs, [u.text for u in test]),
         sweep,
         config=sq.QualityConfig(size="quick"),
-        test_entropy=(traced := {}),
+        test_scores=(traced := {}),
     )
     assert [(r["noise"], r["snr"], r["setting"]) for r in rows[:3]] == [
         ("clean", None, "daisy"),
@@ -58,7 +64,7 @@ def test_asr_quality_rows_per_condition_and_setting(tmp_path, quick_corpus, monk
         if r["setting"] == "daisy":  # the same exits as the noise sweep under the same condition
             same = [e["exit_layer"] for e in exits if (e["noise"], e["snr"]) == (r["noise"], r["snr"])]
             assert r["mean_exit"] == pytest.approx(np.mean(same))
-    # the sweep of the same audio reuses the ASR stage's entropies: the same rows, and the model not run again
+    # the sweep of the same audio reuses the ASR stage's scores: the same rows, and the model not run again
     assert sorted(traced, key=str) == sorted(ns.conditions(sweep), key=str)
     monkeypatch.setattr(model, "trace", lambda *a, **k: pytest.fail("traced again"))
     assert ns.sweep(model, test_wavs, sweep, traced=traced) == exits
@@ -76,6 +82,16 @@ def test_asr_quality_refuses_untranscribed_audio():
     wav = np.zeros(8000, dtype=np.float32)
     with pytest.raises(ValueError, match="transcript"):
         sq.asr_quality(model, ([wav], ["a b"]), ([wav], [""]), ns.SweepConfig())
+
+
+def test_silent_audio_is_named_before_any_probe_trains():
+    model = random_early_exit()
+    loud, silent = np.ones(8000, np.float32), np.zeros(8000, np.float32)
+    sweep = ns.SweepConfig(noises=("white",), snrs=(0.0,))
+    with pytest.raises(ValueError, match="silent audio .* cannot be mixed at an SNR: training utterance 1$"):
+        sq.asr_quality(model, ([loud, silent], ["a b", "c"]), ([loud], ["a"]), sweep)
+    with pytest.raises(ValueError, match="cannot be mixed at an SNR: test utterance 0$"):
+        sq.asr_quality(model, ([loud], ["a b"]), ([silent], ["a"]), sweep)
 
 
 def test_cli_asr_needs_transcripts(tmp_path):

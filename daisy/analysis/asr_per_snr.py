@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from daisy import policies
-from daisy.analysis.noise_sweep import CLEAN, SweepConfig, conditions, mixed, noise_for
+from daisy.analysis.noise_sweep import CLEAN, SweepConfig, check_audible, conditions, mixed, noise_for
 from daisy.data.noise import mix_at_snr
 from daisy.downstream.minisuperb import MiniSuperbConfig, evaluate, extract, train_probe
 from daisy.downstream.tasks import TaskData
@@ -52,7 +52,10 @@ def training_audio(
             continue
         kind = sweep.noises[int(rng.integers(len(sweep.noises)))]
         noise = noise_for(kind, len(wav), rng, babble_pool, noise_files or {})
-        out.append(mix_at_snr(wav, noise, float(rng.uniform(low, high))))
+        try:
+            out.append(mix_at_snr(wav, noise, float(rng.uniform(low, high))))
+        except ValueError as e:  # a silent utterance, or a silent stretch of a recorded noise
+            raise ValueError(f"training utterance {i} with {kind} noise: {e}") from e
     return out
 
 
@@ -65,15 +68,21 @@ def asr_quality(
     config: QualityConfig | None = None,
     babble_pool=(),
     noise_files=None,
-    test_entropy: dict | None = None,
+    test_scores: dict | None = None,
 ) -> list[dict]:
     """One row per condition and setting: noise, snr, setting, layer (fixed-k's k), mean exit, CER, WER.
-    A dict passed as `test_entropy` is filled with (noise, snr) -> the test audio's (N, L) head entropies,
-    which the noise sweep of the same audio and conditions can use (`sweep(..., traced=)`)."""
+    Any policy of the model runs: its exits come from the features' traces of every head score. A dict
+    passed as `test_scores` is filled with (noise, snr) -> the test audio's head scores (name -> (N, L)),
+    which the noise sweep of the same audio and conditions can use (`sweep(..., traced=)`). A silent
+    utterance is an error naming its index (`check_audible`)."""
     config = config or QualityConfig()
     (train_wavs, train_texts), (test_wavs, test_texts) = train, test
     if not all(t.strip() for t in train_texts + test_texts):
         raise ValueError("the ASR probe needs a transcript for every utterance (empty text found)")
+    if sweep.noises:  # mixing needs sound: the training audio is mixed, the test audio where there are SNRs
+        check_audible(train_wavs, [f"training utterance {i}" for i in range(len(train_wavs))])
+        if sweep.snrs:
+            check_audible(test_wavs, [f"test utterance {i}" for i in range(len(test_wavs))])
     num_layers = model.num_layers
     probe_config = MiniSuperbConfig(tasks=("asr",), size=config.size, seed=config.seed)
     clean_test = extract(model, test_wavs)
@@ -100,8 +109,8 @@ def asr_quality(
                 if kind == CLEAN
                 else extract(model, mixed(test_wavs, kind, snr, sweep, babble_pool, noise_files))
             )
-            if test_entropy is not None:
-                test_entropy[kind, snr] = feats.scores["entropy"]
+            if test_scores is not None:
+                test_scores[kind, snr] = feats.scores
             for name, policy in chosen.items():
                 exits = policy.exit_layers(feats.scores)
                 result = evaluate(probes[name], "asr", feats, TaskData([], texts=test_texts), exits, 0)

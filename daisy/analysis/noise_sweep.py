@@ -3,8 +3,9 @@ late on noisy speech.
 
 Every utterance is mixed with each noise type at each SNR (exactly, `mix_at_snr`), with noise drawn
 from an RNG seeded by (seed, utterance, noise type) so each SNR sees the same noise. Head scores are
-traced once per condition and the model's policy applied to them (the same exits as the live model,
-see tests). Results: per-utterance CSV/JSON, a summary per noise type and SNR (mean, spread,
+traced once per condition (every score: any policy applies) and the model's policy applied to them (the
+same exits as the live model, see tests). A silent utterance or noise file cannot be mixed at an SNR: it
+is an error naming it. Results: per-utterance CSV/JSON, a summary per noise type and SNR (mean, spread,
 histogram, compute share), and PNG plots.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,14 +37,26 @@ class SweepConfig:
     snrs: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0, -5.0)
     seed: int = 0
 
+    def __post_init__(self):
+        bad = [s for s in self.snrs if not math.isfinite(s)]
+        if bad:
+            raise ValueError(f"SNRs are finite numbers of dB, got {bad[0]!r}")
+
 
 def parse_snrs(text: str) -> tuple[bool, tuple[float, ...]]:
-    """'clean,20,10,0' -> (include clean, (20.0, 10.0, 0.0)); repeats count once."""
+    """'clean,20,10,0' -> (include clean, (20.0, 10.0, 0.0)); repeats count once. Nothing, or an SNR
+    that is not a finite number, is an error naming the option."""
     items = [s.strip() for s in text.split(",") if s.strip()]
+    usage = "--snr takes 'clean' and finite numbers in dB separated by commas"
+    if not items:
+        raise ValueError(f"{usage}; got nothing ({text!r})")
     try:
-        return CLEAN in items, tuple(dict.fromkeys(float(s) for s in items if s != CLEAN))
+        snrs = tuple(dict.fromkeys(float(s) for s in items if s != CLEAN))
     except ValueError as err:
-        raise ValueError(f"--snr takes 'clean' and numbers in dB separated by commas, got {text!r}") from err
+        raise ValueError(f"{usage}, got {text!r}") from err
+    if not all(math.isfinite(s) for s in snrs):
+        raise ValueError(f"{usage}, got {text!r}")
+    return CLEAN in items, snrs
 
 
 def parse_noises(text: str) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
@@ -60,7 +74,17 @@ def parse_noises(text: str) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
                 f"--noise {kind!r}: neither a noise type ({', '.join(NOISE_TYPES)}) nor an existing audio file"
             )
         files[kind] = load(kind)
+        if not np.any(files[kind]):
+            raise ValueError(f"--noise {kind}: the file is silent (all samples zero): no SNR can be mixed with it")
     return kinds, files
+
+
+def check_audible(wavs: list[np.ndarray], names: list[str] | None = None) -> None:
+    """A ValueError naming the silent utterances (all samples zero): no noise can be mixed with them at an SNR."""
+    silent = [names[i] if names else f"utterance {i}" for i, wav in enumerate(wavs) if not np.any(wav)]
+    if silent:
+        more = f" and {len(silent) - 3} more" if len(silent) > 3 else ""
+        raise ValueError(f"silent audio (all samples zero) cannot be mixed at an SNR: {', '.join(silent[:3])}{more}")
 
 
 def noise_for(kind: str, n: int, rng: np.random.Generator, babble_pool, noise_files: dict) -> np.ndarray:
@@ -85,7 +109,10 @@ def mixed(
     out = []
     for i, wav in enumerate(wavs):
         rng = np.random.default_rng([config.seed, i, config.noises.index(kind)])
-        out.append(mix_at_snr(wav, noise_for(kind, len(wav), rng, babble_pool, noise_files or {}), snr))
+        try:
+            out.append(mix_at_snr(wav, noise_for(kind, len(wav), rng, babble_pool, noise_files or {}), snr))
+        except ValueError as e:  # a silent utterance, or a silent stretch of a recorded noise
+            raise ValueError(f"utterance {i} with {kind} noise: {e}") from e
     return out
 
 
@@ -96,21 +123,20 @@ def sweep(
     include_clean: bool = True,
     babble_pool: list[np.ndarray] = (),
     noise_files: dict[str, np.ndarray] | None = None,
-    traced: dict[tuple[str, float | None], torch.Tensor] | None = None,
+    traced: dict[tuple[str, float | None], dict[str, torch.Tensor]] | None = None,
 ) -> list[dict]:
     """One row per utterance and condition: utterance index, noise, snr (None when clean), exit layer,
-    and the per-layer head entropies. `traced` maps (noise, snr) to the (N, L) head entropies of these
-    utterances under that condition where they were already computed (`asr_quality` does), so that
-    those conditions are not run again."""
+    and per score (entropy, confidence) its per-layer values. `traced` maps (noise, snr) to the head
+    scores (name -> (N, L)) of these utterances under that condition where they were already computed
+    (`asr_quality` does), so that those conditions are not run again."""
     todo = conditions(config, include_clean)
     traced = traced or {}
     rows = []
     with progress() as bar:
         task = bar.add_task("noise sweep", total=len(todo))
         for kind, snr in todo:
-            if (kind, snr) in traced and model.policy.needs == "entropy":
-                scores = {"entropy": traced[kind, snr]}
-            else:
+            scores = traced.get((kind, snr))
+            if scores is None or not all(name in scores for name in model.policy.needs):
                 scores = trace_scores(model, mixed(wavs, kind, snr, config, babble_pool, noise_files))
             exits = model.policy.exit_layers(scores)
             for i in range(len(wavs)):
@@ -120,7 +146,7 @@ def sweep(
                         "noise": kind,
                         "snr": snr,
                         "exit_layer": int(exits[i]),
-                        "entropy": [round(float(e), 4) for e in scores["entropy"][i]],
+                        **{name: [round(float(v), 4) for v in value[i]] for name, value in sorted(scores.items())},
                     }
                 )
             bar.advance(task)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from pathlib import Path
 
 import typer
@@ -37,6 +39,47 @@ def fail(message: str) -> None:
     """One line on stderr and a non-zero exit: users get the problem, not a traceback."""
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
+
+
+def _at_least(option: str, value: int | None, low: int = 1) -> None:
+    if value is not None and value < low:
+        fail(f"{option} must be at least {low}, got {value}")
+
+
+def _finite(option: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        fail(f"{option} must be a finite number, got {value}")
+
+
+def _writable_folder(option: str, path: Path) -> None:
+    """Fail now, not after the work, where `path` cannot be made or written (a file in the way, no write
+    permission); nothing is created."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"{option} {path}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        fail(f"{option} {path}: cannot write in {existing} ({e.strerror or e})")
+
+
+def _check_device(option: str, device: str) -> None:
+    """A torch device this machine has, or a one-line error before any work."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        fail(f"{option} {device!r}: not a torch device (e.g. cpu, cuda, cuda:1)")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        fail(f"{option} {device}: this machine has no CUDA device (torch sees none); use --device cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        fail(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        fail(f"{option} {device}: this machine has no MPS device; use --device cpu")
 
 
 def _override_policy(early, policy: str | None, threshold: float | None, layer: int | None) -> None:
@@ -163,6 +206,7 @@ def pretrain(
     from daisy.training.pretrain import pretrain as run
     from daisy.training.pretrain_state import check_resume
 
+    _check_device("--device", device)
     config = PretrainConfig.quick() if quick else PretrainConfig()
     if config_json:
         config = PretrainConfig(**{**config.__dict__, **json.loads(config_json.read_text())})
@@ -296,6 +340,9 @@ def calibrate(
 
     if (depth is None) == (compute is None):
         fail("give exactly one of --depth or --compute")
+    for option, value in (("--depth", depth), ("--compute", compute), ("--rare-exits", rare_exits)):
+        _finite(option, value)
+    _at_least("--min-layer", min_layer)
     try:
         early = EarlyExitHubert.from_pretrained(model)
         wavs = load_all(utterances(data, "dev", quick) or utterances(data, None, quick))
@@ -326,6 +373,7 @@ def exit_cmd(
     from daisy.io import shown
     from daisy.model import EarlyExitHubert
 
+    _finite("--threshold", threshold)
     try:
         early = EarlyExitHubert.from_pretrained(model)
         if task is not None:
@@ -372,15 +420,18 @@ def noise_sweep_cmd(
     from daisy.downstream.minisuperb import SIZES
     from daisy.model import EarlyExitHubert
 
-    if limit is not None and limit < 1:
-        fail(f"--limit must be at least 1, got {limit}")
-    if asr and asr_train < 1:
-        fail(f"--asr-train must be at least 1, got {asr_train}")
+    _at_least("--limit", limit)
+    if asr:
+        _at_least("--asr-train", asr_train)
     if asr and asr_size not in SIZES:
         fail(f"--asr-size must be one of {', '.join(SIZES)}, got {asr_size!r}")
     try:
         include_clean, snrs = ns.parse_snrs(snr)
         kinds, noise_files = ns.parse_noises(noise)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    _writable_folder("--out", out_dir)  # before the sweep, which takes a while
+    try:
         early = EarlyExitHubert.from_pretrained(model)
         if task is not None:
             early.use_task(task)
@@ -393,23 +444,30 @@ def noise_sweep_cmd(
         if "babble" in kinds and len(pool) < 4:
             raise ValueError(f"babble mixes 4 other utterances; {audio} gives {len(pool)} (raise --limit or drop it)")
         train_wavs = load_all(train_utts, early.backbone.min_samples)
+        if snrs:  # silent audio cannot be mixed at an SNR: named now, not mid-sweep
+            ns.check_audible(wavs, [str(u.path) for u in utts])
+        if asr:  # its training audio is mixed whatever the SNRs
+            ns.check_audible(train_wavs, [str(u.path) for u in train_utts])
     except (OSError, ValueError) as e:
         fail(str(e))
     config = ns.SweepConfig(noises=tuple(kinds), snrs=snrs)
-    traced = {}  # with --asr, its test features carry the head entropies the sweep needs: no second pass
-    if asr:
-        quality = sq.asr_quality(
-            early,
-            (train_wavs, [u.text for u in train_utts]),
-            (wavs, [u.text for u in utts]),
-            config,
-            include_clean,
-            sq.QualityConfig(size=asr_size),
-            pool,
-            noise_files,
-            test_entropy=traced,
-        )
-    rows = ns.sweep(early, wavs, config, include_clean, pool, noise_files, traced=traced)
+    traced = {}  # with --asr, its test features carry the head scores the sweep needs: no second pass
+    try:  # what the checks above cannot see (a silent stretch of a noise file, a policy that needs targets)
+        if asr:
+            quality = sq.asr_quality(
+                early,
+                (train_wavs, [u.text for u in train_utts]),
+                (wavs, [u.text for u in utts]),
+                config,
+                include_clean,
+                sq.QualityConfig(size=asr_size),
+                pool,
+                noise_files,
+                test_scores=traced,
+            )
+        rows = ns.sweep(early, wavs, config, include_clean, pool, noise_files, traced=traced)
+    except ValueError as e:
+        fail(str(e))
     summary = ns.summarize(rows, early)
     ns.write_results(rows, summary, early, out_dir, [str(u.path) for u in utts])
     out.print(ns.markdown_table(summary), highlight=False)

@@ -110,7 +110,7 @@ def _run_stages(out: Path, corpus: Path, splits: dict, config: DemoConfig) -> di
     results["pretraining"] = _read_json(base / "pretrain.json")
     results["heads"] = _head_summary(out)
     results["minisuperb"] = _minisuperb(out, model, model_key, splits, config, stages)
-    traced = {}  # the ASR stage's test entropies per condition: the noise sweep need not run them again
+    traced = {}  # the ASR stage's test scores per condition: the noise sweep need not run them again
     asr_per_snr = _asr_per_snr(out, model, model_key, splits, config, stages, traced)
     results["noise_sweep"] = _noise_sweep(out, model, model_key, splits, config, stages, traced)
     results["asr_per_snr"] = asr_per_snr
@@ -222,10 +222,10 @@ def _sweep_config(config: DemoConfig):
 
 
 def _asr_per_snr(
-    out: Path, model, model_key: str, splits, config: DemoConfig, stages: _Stages, test_entropy: dict
+    out: Path, model, model_key: str, splits, config: DemoConfig, stages: _Stages, test_scores: dict
 ) -> dict:
     """ASR CER per noise condition at DAISY's exits, fixed truncation and the full model; fills
-    `test_entropy` with the test audio's head entropies per condition when it runs."""
+    `test_scores` with the test audio's head scores per condition when it runs."""
     from daisy.analysis import asr_per_snr as sq
     from daisy.data.sources import load_all
 
@@ -244,7 +244,7 @@ def _asr_per_snr(
             settings["sweep"],
             config=settings["quality"],
             babble_pool=load_all(splits["train"][:64]),
-            test_entropy=test_entropy,
+            test_scores=test_scores,
         )
         sq.write_quality(rows, folder)
     return _asr_rows(folder)
