@@ -170,9 +170,9 @@ def source_backbone(path: str):
 
 @functools.lru_cache(maxsize=2)
 def _load_backbone(path: str, inode: int, mtime: int):
-    from daisy.upstream import HubertBackbone
+    from daisy.upstream import load_backbone
 
-    return HubertBackbone.from_pretrained(path)
+    return load_backbone(path)
 
 
 def align_frames(ids: torch.Tensor, have: torch.Tensor, want: torch.Tensor) -> torch.Tensor:

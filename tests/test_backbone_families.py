@@ -210,3 +210,19 @@ def test_a_wav2vec2_adapter_is_left_out(tmp_path):
     for a, b in zip(got, out.hidden_states):
         for i, n in enumerate(frames.tolist()):
             torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "wavlm"])
+def test_a_daisy_model_on_another_family_saves_and_loads_back(tmp_path, family):
+    """A daisy model directory keeps its backbone's family: loaded back, it exits and computes as it did."""
+    _, backbone = saved(tmp_path / "base", family_config(family, norm="layer"))
+    model = EarlyExitHubert.from_backbone(backbone, 12, targets="kmeans").eval()
+    model.policy = policies.Entropy(threshold=2.4)
+    model.save_pretrained(tmp_path / "daisy")
+    loaded = EarlyExitHubert.from_pretrained(tmp_path / "daisy")
+    assert type(loaded.backbone) is type(backbone)
+    wavs, lengths = varied_batch(4, seed=2)
+    with torch.no_grad():
+        a, b = model(wavs, lengths), loaded(wavs, lengths)
+    assert a.exit_layers.tolist() == b.exit_layers.tolist()
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state)

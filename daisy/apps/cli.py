@@ -129,10 +129,14 @@ def _report_calibration(path: Path, early, task: str | None = None) -> None:
 
 
 @app.command()
-def info(model: Path = typer.Argument(..., help="HuBERT checkpoint: model directory or s3prl-converted file")):
+def info(
+    model: Path = typer.Argument(
+        ..., help="checkpoint: a HuBERT, wav2vec 2.0, WavLM or data2vec-audio directory, or an s3prl-converted file"
+    ),
+):
     """Load a checkpoint and print its geometry; for a daisy model, its exit heads and policy too."""
     from daisy.model import EarlyExitHubert
-    from daisy.upstream import HubertBackbone
+    from daisy.upstream import load_backbone
 
     early = None
     try:
@@ -140,7 +144,7 @@ def info(model: Path = typer.Argument(..., help="HuBERT checkpoint: model direct
             early = EarlyExitHubert.from_pretrained(model)
             backbone = early.backbone
         else:
-            backbone = HubertBackbone.from_pretrained(model)
+            backbone = load_backbone(model)
     except (OSError, ValueError) as e:
         fail(str(e))
     c = backbone.config
@@ -369,7 +373,7 @@ def exit_cmd(
 ):
     """Run early exit on audio files and print each file's exit layer (files that cannot be read are
     reported on stderr and left out, also from --json; truncated or silent ones get a warning there)."""
-    from daisy.apps.exit_files import exit_files
+    from daisy.apps.exit_files import domain_notice, exit_files
     from daisy.io import shown
     from daisy.model import EarlyExitHubert
 
@@ -391,6 +395,9 @@ def exit_cmd(
         err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
     for message in errors:
         err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    notice = domain_notice(early, model, results)
+    if notice:
+        err.print(f"[yellow]note:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True)
     if errors:
         raise typer.Exit(code=1)
 

@@ -44,7 +44,7 @@ from daisy.run_state import (
 )
 from daisy.targets import KMeansTargets, TeacherHead
 from daisy.training.kmeans import fit_mfcc_kmeans
-from daisy.upstream import HubertBackbone
+from daisy.upstream import load_backbone
 
 
 @dataclass
@@ -252,7 +252,7 @@ def prepare_model(
     path = Path(path)
     if (path / "daisy.json").is_file():
         return EarlyExitHubert.from_pretrained(path)
-    backbone = HubertBackbone.from_pretrained(path)
+    backbone = load_backbone(path)
     teacher = None
     if path.is_dir():
         teacher = load_teacher(path / "teacher_head.safetensors")
