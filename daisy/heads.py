@@ -2,7 +2,9 @@
 
 Head l maps a frame's layer-l feature (D,) to logits (C,). Its exit scores, per utterance, average
 over the valid frames: `entropy` of the softmax posterior (nats; DAISY's label-free proxy of the
-self-supervised loss), `confidence` (max posterior) and, with targets, `loss` (cross-entropy).
+self-supervised loss), `confidence` (max posterior) and, with targets, `loss` (cross-entropy) and
+`agreement` (share of frames whose argmax is the target: with the full model's answer as targets, the
+quality an exit at that layer keeps; see calibration.py).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class ExitHeads(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """features (B, T, D), mask (B, T) valid frames, targets (B, T) class ids -> scores, each (B,).
 
-        `which` limits the work to the scores a policy reads; `loss` is added whenever targets are given.
+        `which` limits the work to the scores a policy reads; `loss` and `agreement` are added whenever
+        targets are given.
         `weights` = `frame_weights(mask)` may be passed in when the mask is reused across layers.
         """
         logits = self.logits(layer, features).float()
@@ -60,6 +63,7 @@ class ExitHeads(nn.Module):
         if targets is not None:
             picked = logits.gather(-1, targets.clamp_min(0)[..., None].long())[..., 0]
             out["loss"] = torch.linalg.vecdot(logits.logsumexp(-1) - picked, weights)
+            out["agreement"] = torch.linalg.vecdot((logits.argmax(-1) == targets).float(), weights)
         return out
 
     @staticmethod

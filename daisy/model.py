@@ -306,6 +306,21 @@ class EarlyExitHubert(nn.Module):
         # MFCC, this backbone's layer, or (HuBERT iteration 2) a layer of the codebook's source model
         return self.kmeans.targets(wavs, lengths, self.backbone, frames=self.backbone.frame_lengths(lengths))
 
+    @torch.no_grad()
+    def full_answer(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The full model's own answer per frame (B, T'), what exit agreement is measured against: the teacher
+        head's argmax on the last layer (DAISY's targets) or, for a k-means model, its last exit head's argmax
+        (its k-means targets cluster the input or a layer: they are not the model's answer)."""
+        if self.config.targets == "teacher":
+            return self.teacher_targets(wavs, lengths)
+        x, mask = self.embed(wavs, lengths)
+        bias, ffn = self.backbone.attention_bias(mask, x.dtype), self.config.head_input == "ffn"
+        for layer in range(1, self.num_layers + 1):
+            out = self.backbone.layer(layer, x, mask, bias, return_ffn=ffn and layer == self.num_layers)
+            x = out[0] if isinstance(out, tuple) else out
+        feats = out[1] if isinstance(out, tuple) else x
+        return self.heads.logits(self.num_layers, feats).argmax(-1)
+
     # -- persistence --------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
         """One directory: config.json + model.safetensors + preprocessor_config.json (transformers HubertModel
