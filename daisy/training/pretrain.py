@@ -50,7 +50,7 @@ from daisy.training.pretrain_state import (
     save_checkpoint,
     warm_start,
 )
-from daisy.upstream import normalize_each, preset_config
+from daisy.upstream import HubertBackbone, preset_config
 
 HOP, WINDOW = 320, 400
 # Default K. HuBERT Base: 100 on MFCC, then 500 on layer states (960 h of speech). Layer states of our tiny
@@ -141,24 +141,26 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class MaskedPredictionModel(nn.Module):
-    """HubertModel + its masked-prediction head; forward returns (loss, masked accuracy)."""
+    """A HubertBackbone + its masked-prediction head; forward returns (loss, masked accuracy). The backbone's
+    own layer stepping runs it, as at inference (tested equal to transformers' HubertModel forward)."""
 
     def __init__(self, config: PretrainConfig, num_classes: int):
         super().__init__()
         hf_config = preset_config(config.preset, **config.overrides)
         hf_config.normalize_waveform = config.normalize
-        self.hubert = HubertModel(hf_config)
+        self.backbone = HubertBackbone(HubertModel(hf_config))
         self.head = TeacherHead(hf_config.hidden_size, hf_config.classifier_proj_size, num_classes, config.temperature)
         mult = config.feature_grad_mult
         if mult != 1.0:  # HuBERT's feature_grad_mult: the conv front-end learns slower
             self.hubert.feature_extractor.register_forward_hook(lambda m, a, out: _ScaleGrad.apply(out, mult))
 
+    @property
+    def hubert(self) -> HubertModel:
+        return self.backbone.model
+
     def forward(self, wavs, lengths, labels, mask, nomask_weight: float = 0.0):
         """Loss on masked frames (+ `nomask_weight` x loss on unmasked ones) and masked accuracy."""
-        if self.hubert.config.normalize_waveform:
-            wavs = normalize_each(wavs, lengths)
-        attention = (torch.arange(wavs.shape[1], device=wavs.device)[None] < lengths[:, None]).long()
-        hidden = self.hubert(wavs, attention_mask=attention, mask_time_indices=mask).last_hidden_state
+        hidden, _ = self.backbone.encode(wavs, lengths, mask, layerdrop=self.hubert.config.layerdrop)
         valid = labels >= 0
         logits = self.head.logits(hidden[mask & valid])
         target = labels[mask & valid]
