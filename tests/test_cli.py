@@ -154,7 +154,7 @@ def test_calibrate_writes_the_budget_into_the_model(model_dir, tmp_path, wavs):
     policy = json.loads((model_dir / "daisy.json").read_text())["policy"]
     assert policy["name"] == "budget" and policy["target_depth"] == 2.0
     result = runner.invoke(app, ["calibrate", "--model", str(model_dir), "--data", str(tmp_path)])
-    assert result.exit_code == 1 and "exactly one of --depth or --compute" in result.output
+    assert result.exit_code == 1 and "exactly one of --depth, --compute or --agreement" in result.output
     args = ["calibrate", "--model", str(model_dir), "--data", str(tmp_path), "--depth", "2.5", "--min-layer", "2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -174,6 +174,53 @@ def test_calibrate_writes_the_budget_into_the_model(model_dir, tmp_path, wavs):
     result = runner.invoke(app, [*args, "--rare-exits", "1"])
     assert result.exit_code == 1 and "rare_exits is a share of the utterances, in 0..1, got 1.0" in result.output
     assert inspect.signature(calibrate).parameters["rare_exits"].default.default == RARE_EXITS  # one default
+
+
+def test_calibrate_to_an_agreement_saves_its_guarantee_and_exit_reports_each_files_agreement(tmp_path, wavs):
+    from daisy.calibration import trace_scores
+    from daisy.targets import TeacherHead
+
+    model = random_early_exit()
+    torch.manual_seed(1)
+    model.teacher = TeacherHead(16, 8, 12)  # the full model's answer: its argmax on the last layer
+    model.save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        audio.save(tmp_path / "dev" / f"u{i}.wav", 0.1 * rng.standard_normal(16000 + 2000 * i))
+    args = ["calibrate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "dev")]
+    result = runner.invoke(app, [*args, "--agreement", "0.5", "--delta", "0.2", "--task", "asr"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "model" / "daisy.json").read_text())
+    record = saved["provenance"]["task_calibration"]["asr"]
+    assert saved["task_policies"]["asr"]["name"] == "entropy"  # not a budget: recalibrating by depth would lose it
+    assert (record["target_agreement"], record["delta"], record["utterances"]) == (0.5, 0.2, 12)
+    assert record["agreement"] >= record["agreement_bound"] >= 0.5
+    assert "(lower bound" in result.output and "confidence 0.8" in result.output
+    for options, message in (
+        (["--agreement", "0.999"], "at least 1609 needed"),  # 0.999 ** n <= 0.05 takes n >= 2995; 0.2: 1609
+        (["--agreement", "1.5"], "strictly between 0 and 1"),
+        (["--agreement", "0.9", "--delta", "0"], "strictly between 0 and 1"),
+        (["--agreement", "0.9", "--per-layer"], "--per-layer is a depth calibration"),
+        (["--agreement", "0.9", "--depth", "2"], "exactly one of --depth, --compute or --agreement"),
+    ):
+        result = runner.invoke(app, [*args, "--delta", "0.2", *options])  # a second --delta wins
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), (options, result.output)
+    # per file: the share of its frames where the exit gives the full model's answer (1 at the last layer)
+    exit_args = ["exit", "--model", str(tmp_path / "model"), "--json", "--agreement", *map(str, wavs)]
+    rows = json.loads(runner.invoke(app, [*exit_args, "--layer", "3"]).output)
+    assert [r["agreement"] for r in rows] == [1.0, 1.0]
+    rows = json.loads(runner.invoke(app, [*exit_args, "--layer", "1"]).output)
+    traced = trace_scores(model, [audio.load(p) for p in wavs], agreement=True)["agreement"][:, 0]
+    assert [r["agreement"] for r in rows] == pytest.approx(traced.tolist(), abs=1e-4)
+    lines = runner.invoke(app, exit_args[:3] + ["--agreement", str(wavs[0])]).output
+    assert "\tagreement " in lines
+    plain = runner.invoke(app, ["exit", "--model", str(tmp_path / "model"), "--json", str(wavs[0])])
+    assert plain.exit_code == 0 and "agreement" not in json.loads(plain.output)[0]
+
+
+def test_exit_agreement_needs_the_models_answer_in_one_line(model_dir, wavs):
+    result = runner.invoke(app, ["exit", "--model", str(model_dir), "--agreement", str(wavs[0])])
+    assert result.exit_code == 1 and "--agreement: this model has no pretraining head" in result.output
 
 
 def test_calibrate_task_saves_that_tasks_policy_and_exit_info_and_noise_sweep_use_it(model_dir, tmp_path, wavs):

@@ -124,6 +124,14 @@ def _report_calibration(path: Path, early, task: str | None = None) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if "target_agreement" in calibration:
+        out.print(
+            f"agreement with the full model's answer: {calibration['agreement']:.3f} of the frames (utterance mean); "
+            f">= {calibration['target_agreement']:g} with confidence {1 - calibration['delta']:g} "
+            f"(lower bound {calibration['agreement_bound']:.3f})",
+            highlight=False,
+            soft_wrap=True,
+        )
     label = "policy" if task is None else f"policy for {task}"
     out.print(f"{label}: {json.dumps(policy.to_dict())}", highlight=False, soft_wrap=True)
 
@@ -326,6 +334,12 @@ def calibrate(
     data: str = typer.Option("synthetic", help=DATA_HELP),
     depth: float = typer.Option(None, help="target mean exit depth in layers"),
     compute: float = typer.Option(None, help="target share of full-model compute (0..1), instead of --depth"),
+    agreement: float = typer.Option(
+        None,
+        help="instead of a depth: the cheapest threshold whose exits give the full model's own answer on at least "
+        "this share of the frames (0..1), guaranteed with confidence 1 - --delta; exits start at --min-layer as given",
+    ),
+    delta: float = typer.Option(0.05, help="with --agreement: the risk (0..1) that the guarantee does not hold"),
     per_layer: bool = typer.Option(False, help="one threshold per layer (same quantile) instead of one shared"),
     min_layer: int = typer.Option(1, help="no exit before this layer; the heads below it are not run"),
     rare_exits: float = typer.Option(  # = daisy.calibration.RARE_EXITS, not imported: the CLI loads torch lazily
@@ -336,23 +350,33 @@ def calibrate(
     ),
     quick: bool = typer.Option(False, help="the small corpus, for tests"),
 ):
-    """Fit entropy thresholds on held-out audio to a depth or compute budget; saved into daisy.json."""
-    from daisy.calibration import calibrate_model
+    """Fit entropy thresholds on held-out audio to a depth, compute or agreement target; saved into daisy.json."""
+    from daisy.calibration import calibrate_agreement, calibrate_model, check_agreement
     from daisy.compute import depth_for_share
     from daisy.data.sources import load_all, utterances
     from daisy.model import EarlyExitHubert, stored_dtype
 
-    if (depth is None) == (compute is None):
-        fail("give exactly one of --depth or --compute")
+    if [depth, compute, agreement].count(None) != 2:
+        fail("give exactly one of --depth, --compute or --agreement")
     for option, value in (("--depth", depth), ("--compute", compute), ("--rare-exits", rare_exits)):
         _finite(option, value)
     _at_least("--min-layer", min_layer)
+    if agreement is not None:
+        if per_layer:
+            fail("--per-layer is a depth calibration; --agreement searches one shared threshold")
+        try:
+            check_agreement(agreement, delta)
+        except ValueError as e:
+            fail(f"--agreement {agreement:g} --delta {delta:g}: {e}")
     try:
         early = EarlyExitHubert.from_pretrained(model)
         wavs = load_all(utterances(data, "dev", quick) or utterances(data, None, quick))
-        if compute is not None:
-            depth = depth_for_share(early.backbone.config, compute)
-        calibrate_model(early, wavs, depth, per_layer, min_layer, task, rare_exits=rare_exits)
+        if agreement is not None:
+            calibrate_agreement(early, wavs, agreement, delta, min_layer, task)
+        else:
+            if compute is not None:
+                depth = depth_for_share(early.backbone.config, compute)
+            calibrate_model(early, wavs, depth, per_layer, min_layer, task, rare_exits=rare_exits)
     except (OSError, ValueError) as e:
         fail(str(e))
     early.save_pretrained(model, dtype=stored_dtype(model))
@@ -370,6 +394,9 @@ def exit_cmd(
     ),
     layer: int = typer.Option(None, help="fixed exit at this layer instead of the policy"),
     task: str = typer.Option(None, help="start from this task's saved policy (`daisy calibrate --task`)"),
+    agreement: bool = typer.Option(
+        False, help="also run the full model: each file's share of frames where the exit gives its answer"
+    ),
 ):
     """Run early exit on audio files and print each file's exit layer (files that cannot be read are
     reported on stderr and left out, also from --json; truncated or silent ones get a warning there)."""
@@ -383,14 +410,19 @@ def exit_cmd(
         if task is not None:
             early.use_task(task)
         _override_policy(early, policy, threshold, layer)
+        if agreement and early.config.targets == "teacher":
+            early.require_targets("--agreement: this model")  # its answer is its teacher head's argmax
     except (OSError, ValueError) as e:
         fail(str(e))
-    results, errors = exit_files(early, files)
+    results, errors = exit_files(early, files, agreement)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     else:  # plain lines, never wrapped, for pipes
         for r in results:
-            typer.echo(f"{shown(r['path'])}\texit layer {r['exit_layer']}/{r['num_layers']}\t{r['seconds']:.2f} s")
+            agrees = f"\tagreement {r['agreement']:.3f}" if agreement else ""
+            typer.echo(
+                f"{shown(r['path'])}\texit layer {r['exit_layer']}/{r['num_layers']}\t{r['seconds']:.2f} s{agrees}"
+            )
     for message in [m for r in results for m in r["warnings"]]:
         err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
     for message in errors:

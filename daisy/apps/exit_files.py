@@ -9,13 +9,15 @@ import torch
 
 from daisy import domain
 from daisy.audio import AudioError, AudioWarning, load
+from daisy.calibration import exit_agreement
 from daisy.io import shown
 from daisy.model import EarlyExitHubert
 
 
 @torch.no_grad()
-def exit_files(model: EarlyExitHubert, files: list[Path]) -> tuple[list[dict], list[str]]:
-    """Each readable file's exit layer (run alone: batch 1), and one message per unreadable file.
+def exit_files(model: EarlyExitHubert, files: list[Path], agreement: bool = False) -> tuple[list[dict], list[str]]:
+    """Each readable file's exit layer (run alone: batch 1), and one message per unreadable file. `agreement`
+    also runs the full model: each result then holds the share of frames where the exit agrees with its answer.
 
     A file that was read with a warning (truncated, silent) keeps its result, the messages under
     "warnings"; one file's failure, memory included, never stops the others."""
@@ -35,7 +37,9 @@ def exit_files(model: EarlyExitHubert, files: list[Path]) -> tuple[list[dict], l
             if not issubclass(w.category, AudioWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         try:
-            out = model(torch.from_numpy(wav)[None], output_hidden_states=False)
+            batch = torch.from_numpy(wav)[None]
+            answer = model.full_answer(batch) if agreement else None
+            out = model(batch, targets=answer, output_hidden_states=False)
         except (MemoryError, torch.OutOfMemoryError):
             errors.append(f"{shown(path)}: too long to run in this machine's memory ({len(wav) / 16000:.0f} s)")
             continue
@@ -51,6 +55,8 @@ def exit_files(model: EarlyExitHubert, files: list[Path]) -> tuple[list[dict], l
                 "warnings": notes,
             }
         )
+        if agreement:
+            results[-1]["agreement"] = round(float(exit_agreement(out.scores["agreement"], out.exit_layers)), 4)
     return results, errors
 
 
