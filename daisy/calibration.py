@@ -116,6 +116,12 @@ def recalibrate_tasks(model: EarlyExitHubert, wavs: list[np.ndarray], entropy: t
 # -- a guaranteed agreement with the full model ------------------------------------------------------------
 
 
+def can_answer(model: EarlyExitHubert) -> bool:
+    """Whether the model gives its own full-depth answer (`model.full_answer`): a teacher-target model needs
+    its teacher head."""
+    return model.config.targets != "teacher" or model.teacher is not None
+
+
 def exit_agreement(agreement: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
     """Each utterance's agreement (N,) at its exit layer, from the per-layer trace score (N, L): the share of
     its frames where the exit layer's head gives the full model's answer. An utterance that exits at the last

@@ -197,3 +197,36 @@ def test_cli_sweeps_a_model_whose_policy_reads_confidence(sweep_files):
     assert result.exit_code == 0, result.output
     data = json_.loads((tmp_path / "o" / "noise_sweep.json").read_text())
     assert data["policy"] == {"name": "confidence", "threshold": 0.6, "min_layer": 1} and len(data["utterances"]) == 8
+
+
+def test_sweep_reports_each_conditions_agreement_with_the_full_models_answer(tmp_path):
+    import torch
+
+    from daisy.calibration import trace_scores
+    from daisy.targets import TeacherHead
+
+    model = random_early_exit()
+    rng = np.random.default_rng(3)
+    wavs = [(0.2 * rng.standard_normal(int(n))).astype(np.float32) for n in (8000, 12000, 6000)]
+    config = ns.SweepConfig(noises=("white",), snrs=(10.0, 0.0))
+    bare = ns.summarize(ns.sweep(model, wavs, config), model)  # no teacher head: no answer to agree with
+    assert all(s["agreement"] is None for s in bare) and "| n/a |" in ns.markdown_table(bare)
+    torch.manual_seed(1)
+    model.teacher = TeacherHead(16, 8, 12)
+    model.policy = policies.Fixed(layer=1)
+    rows = ns.sweep(model, wavs, config)
+    head1 = trace_scores(model, wavs, agreement=True)["agreement"][:, 0]
+    clean = [r["exit_agreement"] for r in rows if r["noise"] == "clean"]
+    assert clean == pytest.approx(head1.tolist(), abs=1e-4) and len(set(clean)) > 1
+    summary = ns.summarize(rows, model)
+    for s in summary:
+        mine = [r["exit_agreement"] for r in rows if (r["noise"], r["snr"]) == (s["noise"], s["snr"])]
+        assert s["agreement"] == pytest.approx(np.mean(mine), abs=1e-4)
+    model.policy = policies.Fixed(layer=model.num_layers)  # the full model agrees with itself at every SNR
+    assert {s["agreement"] for s in ns.summarize(ns.sweep(model, wavs, config), model)} == {1.0}
+    ns.write_results(rows, summary, model, tmp_path)
+    assert (tmp_path / "agreement_vs_snr.png").stat().st_size > 0
+    assert "agreement |" in (tmp_path / "noise_sweep.md").read_text().splitlines()[0]
+    data = json.loads((tmp_path / "noise_sweep.json").read_text())
+    assert [s["agreement"] for s in data["summary"]] == [s["agreement"] for s in summary]
+    assert (tmp_path / "exit_layers.csv").read_text().splitlines()[0].endswith(",agreement")

@@ -5,8 +5,11 @@ Every utterance is mixed with each noise type at each SNR (exactly, `mix_at_snr`
 from an RNG seeded by (seed, utterance, noise type) so each SNR sees the same noise. Head scores are
 traced once per condition (every score: any policy applies) and the model's policy applied to them (the
 same exits as the live model, see tests). A silent utterance or noise file cannot be mixed at an SNR: it
-is an error naming it. Results: per-utterance CSV/JSON, a summary per noise type and SNR (mean, spread,
-histogram, compute share), and PNG plots.
+is an error naming it. Where the model gives its own full-depth answer (`calibration.can_answer`), each
+utterance's agreement at its exit (share of frames where the exit gives that answer, the quality
+`daisy calibrate --agreement` guarantees on data like its calibration audio) is measured too. Results:
+per-utterance CSV/JSON, a summary per noise type and SNR (mean, spread, histogram, compute share, mean
+agreement), and PNG plots.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 from daisy.audio import load
-from daisy.calibration import trace_scores
+from daisy.calibration import can_answer, exit_agreement, trace_scores
 from daisy.compute import compute_share
 from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
 from daisy.io import atomic_path, save_figure, write_json
@@ -125,20 +128,25 @@ def sweep(
     noise_files: dict[str, np.ndarray] | None = None,
     traced: dict[tuple[str, float | None], dict[str, torch.Tensor]] | None = None,
 ) -> list[dict]:
-    """One row per utterance and condition: utterance index, noise, snr (None when clean), exit layer,
-    and per score (entropy, confidence) its per-layer values. `traced` maps (noise, snr) to the head
+    """One row per utterance and condition: utterance index, noise, snr (None when clean), exit layer, its
+    agreement with the full model's answer (`exit_agreement`; None for a model without an answer) and per
+    score (entropy, confidence, agreement, ...) its per-layer values. `traced` maps (noise, snr) to the head
     scores (name -> (N, L)) of these utterances under that condition where they were already computed
-    (`asr_quality` does), so that those conditions are not run again."""
+    (`asr_quality` does), so that those conditions are not run again where they hold what is needed."""
     todo = conditions(config, include_clean)
     traced = traced or {}
+    answers = can_answer(model)  # then every condition's agreement with the full model is measured
+    needed = set(model.policy.needs) | ({"agreement"} if answers else set())
     rows = []
     with progress() as bar:
         task = bar.add_task("noise sweep", total=len(todo))
         for kind, snr in todo:
             scores = traced.get((kind, snr))
-            if scores is None or not all(name in scores for name in model.policy.needs):
-                scores = trace_scores(model, mixed(wavs, kind, snr, config, babble_pool, noise_files))
+            if scores is None or not needed <= set(scores):
+                audio = mixed(wavs, kind, snr, config, babble_pool, noise_files)
+                scores = trace_scores(model, audio, agreement=answers)
             exits = model.policy.exit_layers(scores)
+            agree = exit_agreement(scores["agreement"], exits).tolist() if answers else [None] * len(wavs)
             for i in range(len(wavs)):
                 rows.append(
                     {
@@ -146,6 +154,7 @@ def sweep(
                         "noise": kind,
                         "snr": snr,
                         "exit_layer": int(exits[i]),
+                        "exit_agreement": None if agree[i] is None else round(agree[i], 4),
                         **{name: [round(float(v), 4) for v in value[i]] for name, value in sorted(scores.items())},
                     }
                 )
@@ -154,14 +163,17 @@ def sweep(
 
 
 def summarize(rows: list[dict], model: EarlyExitHubert) -> list[dict]:
-    """Per noise type and SNR: mean and spread of exit depth, histogram, compute share."""
+    """Per noise type and SNR: mean and spread of exit depth, histogram, compute share, and `agreement`: the
+    mean over utterances of each one's share of frames where its exit gives the full model's answer (None
+    where the model has no answer)."""
     num_layers = model.num_layers
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["noise"], r["snr"]), []).append(r["exit_layer"])
+        groups.setdefault((r["noise"], r["snr"]), []).append(r)
     out = []
-    for (noise, snr), exits in groups.items():
-        e = np.array(exits, dtype=float)
+    for (noise, snr), group in groups.items():
+        e = np.array([r["exit_layer"] for r in group], dtype=float)
+        agree = [r.get("exit_agreement") for r in group]
         out.append(
             {
                 "noise": noise,
@@ -174,6 +186,7 @@ def summarize(rows: list[dict], model: EarlyExitHubert) -> list[dict]:
                 "q75": float(np.percentile(e, 75)),
                 "histogram": [int((e == layer).sum()) for layer in range(1, num_layers + 1)],
                 "compute_share": compute_share(model.backbone.config, float(e.mean())),
+                "agreement": None if None in agree else round(float(np.mean(agree)), 4),
             }
         )
     return out
@@ -181,51 +194,38 @@ def summarize(rows: list[dict], model: EarlyExitHubert) -> list[dict]:
 
 def markdown_table(summary: list[dict]) -> str:
     lines = [
-        "| noise | SNR (dB) | utterances | mean exit | std | median | compute share |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| noise | SNR (dB) | utterances | mean exit | std | median | compute share | agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         snr = "clean" if s["snr"] is None else f"{s['snr']:g}"
+        agree = "n/a" if s.get("agreement") is None else f"{s['agreement']:.3f}"  # a model without an answer
         lines.append(
             f"| {s['noise']} | {snr} | {s['utterances']} | {s['mean_exit']:.2f} | {s['std_exit']:.2f} | "
-            f"{s['median']:.1f} | {s['compute_share']:.2f} |"
+            f"{s['median']:.1f} | {s['compute_share']:.2f} | {agree} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: list[dict], num_layers: int, out: Path) -> list[Path]:
-    """mean exit depth vs SNR (one line per noise type, clean at the left, band = +-1 std) and a
-    histogram of exit layers per SNR."""
+    """mean exit depth vs SNR (one line per noise type, clean at the left, band = +-1 std), beside it the
+    agreement with the full model's answer vs SNR (where measured), and a histogram of exit layers per SNR."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     clean = next((s for s in summary if s["snr"] is None), None)
-    noises = sorted({s["noise"] for s in summary if s["snr"] is not None})
-    snrs = sorted({s["snr"] for s in summary if s["snr"] is not None})
-    x_clean = (max(snrs) + 10) if snrs else 0
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for noise in noises:
-        pts = sorted(
-            (s["snr"], s["mean_exit"], s["std_exit"]) for s in summary if s["noise"] == noise and s["snr"] is not None
-        )
-        if clean:
-            pts.append((x_clean, clean["mean_exit"], clean["std_exit"]))
-        x, m, sd = (np.array(v) for v in zip(*pts))
-        ax.plot(x, m, marker="o", label=noise)
-        ax.fill_between(x, m - sd, m + sd, alpha=0.15)
-    ax.set_xticks(list(snrs) + ([x_clean] if clean else []), [f"{s:g}" for s in snrs] + (["clean"] if clean else []))
-    ax.invert_xaxis()  # clean on the left, noisier to the right: DAISY's curve should rise
-    ax.set_xlabel("SNR (dB)")
-    ax.set_ylabel("mean exit layer")
-    ax.set_ylim(0.5, num_layers + 0.5)
-    ax.set_title("DAISY exit depth vs noise level")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # a clean-only sweep draws no noise curve
-        ax.legend()
     paths = [out / "exit_depth_vs_snr.png"]
+    fig, ax = _versus_snr(summary, "mean_exit", "std_exit", "mean exit layer", "DAISY exit depth vs noise level")
+    ax.set_ylim(0.5, num_layers + 0.5)
     save_figure(fig, paths[0])
+    if all(s.get("agreement") is not None for s in summary):
+        paths.append(out / "agreement_vs_snr.png")
+        title = "exits' agreement with the full model vs noise level"
+        fig, ax = _versus_snr(summary, "agreement", None, "agreement with the full model's answer", title)
+        ax.set_ylim(0.0, 1.02)
+        save_figure(fig, paths[-1])
 
     conditions = ([clean] if clean else []) + [s for s in summary if s["snr"] is not None]
     by_snr: dict = {}
@@ -242,8 +242,42 @@ def plot(summary: list[dict], num_layers: int, out: Path) -> list[Path]:
     ax.set_title("exit layers per SNR (all noise types)")
     ax.legend(fontsize=8)
     paths.append(out / "exit_histogram.png")
-    save_figure(fig, paths[1])
+    save_figure(fig, paths[-1])
     return paths
+
+
+def _versus_snr(summary: list[dict], key: str, spread: str | None, ylabel: str, title: str):
+    """A figure of `key` vs SNR, one line per noise type, clean at the left, band = +-`spread`: (fig, ax)."""
+    import matplotlib.pyplot as plt
+
+    clean = next((s for s in summary if s["snr"] is None), None)
+    noises = sorted({s["noise"] for s in summary if s["snr"] is not None})
+    snrs = sorted({s["snr"] for s in summary if s["snr"] is not None})
+    x_clean = (max(snrs) + 10) if snrs else 0
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for noise in noises:
+        pts = sorted(
+            (s["snr"], s[key], s[spread] if spread else 0.0)
+            for s in summary
+            if s["noise"] == noise and s["snr"] is not None
+        )
+        if clean:
+            pts.append((x_clean, clean[key], clean[spread] if spread else 0.0))
+        x, m, sd = (np.array(v) for v in zip(*pts))
+        ax.plot(x, m, marker="o", label=noise)
+        if spread:
+            ax.fill_between(x, m - sd, m + sd, alpha=0.15)
+    if clean and not noises:
+        ax.plot([x_clean], [clean[key]], marker="o", label="clean")
+    ax.set_xticks(list(snrs) + ([x_clean] if clean else []), [f"{s:g}" for s in snrs] + (["clean"] if clean else []))
+    ax.invert_xaxis()  # clean on the left, noisier to the right: DAISY's depth should rise
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return fig, ax
 
 
 def write_results(
@@ -255,9 +289,10 @@ def write_results(
     write_json(out / "noise_sweep.json", {"policy": model.policy.to_dict(), "summary": summary, "utterances": rows})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["name", "noise", "snr", "exit_layer"])
+    writer.writerow(["name", "noise", "snr", "exit_layer", "agreement"])
     for r in rows:
-        writer.writerow([r["name"], r["noise"], "clean" if r["snr"] is None else r["snr"], r["exit_layer"]])
+        agree = "" if r.get("exit_agreement") is None else r["exit_agreement"]
+        writer.writerow([r["name"], r["noise"], "clean" if r["snr"] is None else r["snr"], r["exit_layer"], agree])
     with atomic_path(out / "exit_layers.csv", suffix=".csv") as tmp:
         tmp.write_text(buf.getvalue())
     with atomic_path(out / "noise_sweep.md", suffix=".md") as tmp:
