@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from daisy.upstream.geometry import SAMPLE_RATE
+
 HERE = Path(__file__).resolve().parent
 PERCENTILES = (10, 25, 50, 75, 90)
 
@@ -83,7 +85,7 @@ def summarise(model, wavs: list[np.ndarray]) -> dict:
     exits, entropy = exits_and_entropy(model, wavs)
     return {
         "utterances": len(wavs),
-        "seconds": round(sum(len(w) for w in wavs) / 16000, 1),
+        "seconds": round(sum(len(w) for w in wavs) / SAMPLE_RATE, 1),
         "mean_exit_clean": float(exits.float().mean()),
         "entropy_mean": entropy.mean(0).tolist(),
         "entropy_percentiles": {str(p): np.percentile(entropy.numpy(), p, axis=0).tolist() for p in PERCENTILES},

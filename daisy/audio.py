@@ -16,8 +16,8 @@ import soundfile as sf
 import soxr
 
 from daisy.io import atomic_path, shown
+from daisy.upstream.geometry import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 MIN_RATE, MAX_RATE = 1_000, 384_000  # Hz: telephone-band recordings up to studio rates
 MAX_SECONDS = 3600.0  # an hour: far beyond an utterance, and a model runs a file as one sequence
 MAX_DECODED_BYTES = 2 << 30  # every channel's samples as float32, decoded at once

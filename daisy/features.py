@@ -14,7 +14,9 @@ import scipy.fft
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-WINDOW, HOP, N_MELS, N_MFCC = 400, 320, 40, 13
+from daisy.upstream.geometry import HOP, SAMPLE_RATE
+
+WINDOW, N_MELS, N_MFCC = 400, 40, 13  # one MFCC frame per model frame (HOP)
 
 
 @functools.cache
@@ -24,7 +26,7 @@ def _matrices() -> tuple[torch.Tensor, torch.Tensor]:
         num_mel_filters=N_MELS,
         min_frequency=20.0,
         max_frequency=8000.0,
-        sampling_rate=16000,
+        sampling_rate=SAMPLE_RATE,
         mel_scale="htk",
     )
     dct = scipy.fft.dct(np.eye(N_MELS), type=2, norm="ortho", axis=0)[:N_MFCC]

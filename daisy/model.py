@@ -24,7 +24,7 @@ from daisy import policies
 from daisy.heads import ExitHeads
 from daisy.io import atomic_dir, carry_over, recover_dir
 from daisy.targets import KMeansTargets, TeacherHead
-from daisy.upstream import HubertBackbone
+from daisy.upstream import Backbone, load_backbone
 
 HEAD_INPUTS = ("ffn", "output")
 # what `save_pretrained` writes (or leaves out when the model has no such part); any other file in a model
@@ -112,7 +112,7 @@ class Trace:
 class EarlyExitHubert(nn.Module):
     def __init__(
         self,
-        backbone: HubertBackbone,
+        backbone: Backbone,
         heads: ExitHeads,
         config: DaisyConfig,
         teacher: TeacherHead | None = None,
@@ -174,7 +174,7 @@ class EarlyExitHubert(nn.Module):
 
     @classmethod
     def from_backbone(
-        cls, backbone: HubertBackbone, num_classes: int, teacher: TeacherHead | None = None, seed: int = 0, **config
+        cls, backbone: Backbone, num_classes: int, teacher: TeacherHead | None = None, seed: int = 0, **config
     ) -> EarlyExitHubert:
         """Fresh (untrained) heads on a backbone, initialised from `seed` (reproducible runs)."""
         with torch.random.fork_rng(devices=[]):
@@ -358,7 +358,7 @@ class EarlyExitHubert(nn.Module):
             policies.policy_from_dict(config.policy)
         except (TypeError, ValueError) as e:  # not JSON, unknown or missing fields, bad values
             raise ValueError(f"{path / 'daisy.json'}: {e}") from e
-        backbone = HubertBackbone.from_pretrained(path)
+        backbone = load_backbone(path)  # HuBERT, wav2vec 2.0, WavLM or data2vec-audio
         try:
             heads = ExitHeads(backbone.num_layers, backbone.hidden_size, config.num_classes, config.head_rank)
         except ValueError as e:

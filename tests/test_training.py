@@ -17,10 +17,11 @@ from daisy.data.corpus import load_manifest
 from daisy.model import EarlyExitHubert
 from daisy.run_state import ResumeRefused, load_state
 from daisy.targets import KMeansTargets
-from daisy.training.pretrain import MaskedPredictionModel, PretrainConfig, _batch, frames_for, pretrain
+from daisy.training.pretrain import MaskedPredictionModel, PretrainConfig, _batch, pretrain
 from daisy.training.pretrain_state import check_resume, export_checkpoint, load_exported
 from daisy.training.train_heads import HeadTrainConfig, prepare_model, train_heads
 from daisy.upstream import HubertBackbone
+from daisy.upstream.geometry import num_frames
 
 
 def small_config(**fields):
@@ -135,7 +136,7 @@ def test_warm_start_from_an_export_continues_the_runs_step_count(tmp_path, quick
 def test_normalized_pretraining_gives_a_model_blind_to_the_level(tmp_path, quick_corpus):
     utts = load_manifest(quick_corpus, "train")[:30]
     wavs = [u.load() for u in utts]
-    labels = [np.zeros(frames_for(len(w)), dtype=np.int64) for w in wavs]
+    labels = [np.zeros(num_frames(len(w)), dtype=np.int64) for w in wavs]
     for normalize in (False, True):  # the training forward sees the level only without normalize
         config = small_config(normalize=normalize)
         torch.manual_seed(0)
@@ -173,7 +174,7 @@ def test_iteration_two_labels_come_from_a_layer_of_iteration_one(tmp_path, quick
     assert (km.features, km.source, km.num_classes) == ("layer:2", source, 10)
     stored = np.load(tmp_path / "it2" / "labels.npz")
     labels = [stored[f"u{i}"] for i in range(len(wavs))]
-    assert [len(lab) for lab in labels] == [frames_for(len(w)) for w in wavs]
+    assert [len(lab) for lab in labels] == [num_frames(len(w)) for w in wavs]
     assert 1 < len(np.unique(np.concatenate(labels))) <= 10
     states = HubertBackbone.from_pretrained(first).hidden_states(torch.from_numpy(wavs[0])[None])[2][0]
     assert labels[0].tolist() == km.assign(states).tolist()  # batched labelling = one utterance alone

@@ -18,9 +18,8 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from daisy.upstream.checkpoints import load_backbone_model, save_hubert, transformers_model_class
+from daisy.upstream.geometry import HOP, MIN_SAMPLES, SAMPLE_RATE
 from daisy.upstream.presets import preset_config
-
-MIN_SAMPLES = 400  # receptive field of one frame of the standard conv front-end
 
 
 def check_batch(wavs: torch.Tensor, lengths: torch.Tensor | None, min_samples: int = MIN_SAMPLES) -> torch.Tensor:
@@ -47,7 +46,7 @@ def check_batch(wavs: torch.Tensor, lengths: torch.Tensor | None, min_samples: i
     if int(lengths.min()) < min_samples:
         raise ValueError(
             f"utterance {int(lengths.argmin())} has {int(lengths.min())} samples; at least {min_samples} "
-            f"({min_samples / 16000 * 1000:.0f} ms at 16 kHz) are needed for one frame"
+            f"({min_samples / SAMPLE_RATE * 1000:.0f} ms at 16 kHz) are needed for one frame"
         )
     if not torch.isfinite(wavs).all():
         bad = (~torch.isfinite(wavs)).any(dim=1).nonzero().flatten().tolist()
@@ -62,7 +61,7 @@ class Backbone(nn.Module):
     `daisy.upstream.load_backbone` picks the class for a directory."""
 
     model_types: tuple[str, ...] = ("hubert", "wav2vec2", "data2vec-audio")
-    downsample_rate = 320
+    downsample_rate = HOP
     first_droppable_layer = 1  # layerdrop may skip layers from this one on (transformers' encoder loop)
 
     def __init__(self, model: PreTrainedModel, normalize_waveform: bool | None = None):

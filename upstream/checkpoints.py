@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from daisy.io import recover_dir  # a leaf module (stdlib only): no import cycle
+from daisy.upstream.geometry import SAMPLE_RATE
 
 PREPROCESSOR_FILE = "preprocessor_config.json"  # transformers' feature extractor settings
 
@@ -126,7 +127,7 @@ def save_hubert(model: HubertModel, path: str | Path, state_dict: dict | None = 
     model.save_pretrained(path, state_dict=state_dict)
     Wav2Vec2FeatureExtractor(
         feature_size=1,
-        sampling_rate=16000,
+        sampling_rate=SAMPLE_RATE,
         padding_value=0.0,
         do_normalize=bool(getattr(model.config, "normalize_waveform", False)),
         return_attention_mask=model.config.feat_extract_norm == "layer",  # transformers' convention

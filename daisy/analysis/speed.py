@@ -38,6 +38,7 @@ from daisy.calibration import trace_scores
 from daisy.compute import compute_share
 from daisy.data.batching import batches
 from daisy.model import EarlyExitHubert
+from daisy.upstream.geometry import SAMPLE_RATE
 
 
 def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list[float]]:
@@ -150,7 +151,9 @@ def speech(n: int, source: str = "synthetic", seed: int = 0) -> list[np.ndarray]
         return load_all(utterances("synthetic", "test"))[:n]
     except (ImportError, RuntimeError, OSError):
         rng = np.random.default_rng(seed)
-        return [0.1 * rng.standard_normal(int(rng.uniform(1.5, 4.0) * 16000)).astype(np.float32) for _ in range(n)]
+        return [
+            0.1 * rng.standard_normal(int(rng.uniform(1.5, 4.0) * SAMPLE_RATE)).astype(np.float32) for _ in range(n)
+        ]
 
 
 def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: int, read_from: int = 1) -> list[dict]:

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
-
-HOP = 320
+from daisy.upstream.geometry import HOP
 
 
 @dataclass

@@ -21,7 +21,8 @@ from functools import lru_cache
 import numpy as np
 import soxr
 
-SAMPLE_RATE = 16000
+from daisy.upstream.geometry import SAMPLE_RATE
+
 _KOKORO_RATE = 24000
 MAX_PHONEMES = 510  # the style tables have one row per phoneme count; the model's context is 512 with the pads
 _SILENCE = 1e-3

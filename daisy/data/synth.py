@@ -25,7 +25,7 @@ import soundfile as sf
 import soxr
 from elftools.elf.elffile import ELFFile
 
-SAMPLE_RATE = 16000
+from daisy.upstream.geometry import SAMPLE_RATE
 
 # Constants from espeak-ng's speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

@@ -51,8 +51,8 @@ from daisy.training.pretrain_state import (
     warm_start,
 )
 from daisy.upstream import HubertBackbone, preset_config
+from daisy.upstream.geometry import SAMPLE_RATE, num_frames
 
-HOP, WINDOW = 320, 400
 # Default K. HuBERT Base: 100 on MFCC, then 500 on layer states (960 h of speech). Layer states of our tiny
 # models carry more than MFCC but the synthetic corpus is ~3 h (590k frames): 200 keeps ~3k frames per cluster.
 MFCC_CLASSES, LAYER_CLASSES = 100, 200
@@ -174,10 +174,6 @@ class MaskedPredictionModel(nn.Module):
         return loss, acc
 
 
-def frames_for(samples: int) -> int:
-    return (samples - WINDOW) // HOP + 1
-
-
 def fit_labels(wavs: list[np.ndarray], config: PretrainConfig) -> tuple[KMeansTargets, list]:
     """k-means on a sample of frames (MFCC, or a layer of `config.label_model`), then a label per frame of
     every utterance."""
@@ -203,12 +199,12 @@ def label_audio(km: KMeansTargets, wavs: list[np.ndarray], feats: list[torch.Ten
 
 
 def utterance_labels(km: KMeansTargets, wavs: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
-    """k-means ids of every utterance, batched: `frames_for(samples)` of them, the frames of the model trained."""
+    """k-means ids of every utterance, batched: `num_frames(samples)` of them, the frames of the model trained."""
     from daisy.data.batching import batches
 
     labels: list[np.ndarray] = [np.empty(0, np.int16)] * len(wavs)
     for idx, padded, lengths in batches(wavs, batch_size):
-        want = torch.tensor([frames_for(n) for n in lengths.tolist()])
+        want = torch.tensor([num_frames(n) for n in lengths.tolist()])
         ids = km.targets(padded, lengths, frames=want)  # a label model with other conv geometry: aligned here
         for row, i in enumerate(idx):
             labels[i] = ids[row, : want[row]].numpy().astype(np.int16)
@@ -219,12 +215,18 @@ def _batch(step: int, rank: int, wavs, labels, config: PretrainConfig, others):
     """The batch of `step` on `rank`: random 320-aligned crops (some noisy), their clean labels, spans to mask."""
     rng = np.random.default_rng([config.seed, step, rank])
     crops = random_crops(
-        rng, wavs, config.batch_size, int(config.crop_seconds * 16000), config.noise_prob, config.snr_range, others
+        rng,
+        wavs,
+        config.batch_size,
+        int(config.crop_seconds * SAMPLE_RATE),
+        config.noise_prob,
+        config.snr_range,
+        others,
     )
-    frames = frames_for(crops.inputs.shape[1])
+    frames = num_frames(crops.inputs.shape[1])
     label_t = torch.full((len(crops.picks), frames), -1, dtype=torch.long)
     for j, (i, start, n) in enumerate(zip(crops.picks, crops.start_frames, crops.lengths.tolist())):
-        lab = labels[i][start : start + frames_for(n)]
+        lab = labels[i][start : start + num_frames(n)]
         label_t[j, : len(lab)] = torch.from_numpy(lab.astype(np.int64))
     np.random.seed(int(rng.integers(2**31)))  # noqa: NPY002 - transformers' span masking draws from numpy's global RNG
     mask = _compute_mask_indices(
@@ -302,7 +304,7 @@ def _labels(out: Path, wavs, config: PretrainConfig, rank: int, codebook: KMeans
             raise ResumeRefused(f"{out} holds another codebook than the model it starts from: use another --out")
         stored = np.load(label_file)
         labels = [stored[f"u{i}"] for i in range(len(stored.files))]
-        check_labels_fit(labels, [max(0, frames_for(len(w))) for w in wavs], out)
+        check_labels_fit(labels, [max(0, num_frames(len(w))) for w in wavs], out)
         return km, labels
     if codebook is not None:
         check_stored_labels(codebook, config, out)

@@ -45,6 +45,7 @@ from daisy.run_state import (
 from daisy.targets import KMeansTargets, TeacherHead
 from daisy.training.kmeans import fit_mfcc_kmeans
 from daisy.upstream import load_backbone
+from daisy.upstream.geometry import SAMPLE_RATE
 
 
 @dataclass
@@ -77,7 +78,13 @@ def _batch(step: int, rank: int, wavs: list[np.ndarray], config: HeadTrainConfig
     """(input batch, clean batch, lengths) of random 320-aligned crops, some with noise mixed in."""
     rng = np.random.default_rng([config.seed, step, rank])
     crops = random_crops(
-        rng, wavs, config.batch_size, int(config.crop_seconds * 16000), config.noise_prob, config.snr_range, wavs[:64]
+        rng,
+        wavs,
+        config.batch_size,
+        int(config.crop_seconds * SAMPLE_RATE),
+        config.noise_prob,
+        config.snr_range,
+        wavs[:64],
     )
     return crops.inputs, crops.clean, crops.lengths
 
