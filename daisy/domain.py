@@ -39,12 +39,22 @@ def unfamiliar(record: dict | None, entropy: torch.Tensor) -> int:
     return int((column > record["max_entropy"]).sum())
 
 
-def warning(model_dir: str, count: int, total: int, record: dict) -> str | None:
+def notice(model, model_dir: str, entropies: list[list[float | None]], what: str = "files") -> str | None:
+    """The line to end a run with where most of its clean utterances (each one's per-layer head entropy, None
+    where no head ran) read as harder than all of the model's calibration audio; None otherwise."""
+    record = model.config.provenance.get("calibration", {}).get("domain")
+    if not record or not entropies or model.policy.to_dict() != model.config.policy:
+        return None  # no record, no entropy read, or another policy than the one calibrated
+    entropy = torch.tensor([[float("nan") if v is None else v for v in row] for row in entropies])
+    return warning(model_dir, unfamiliar(record, entropy), len(entropies), record, what)
+
+
+def warning(model_dir: str, count: int, total: int, record: dict, what: str = "files") -> str | None:
     """One line for the end of a run where most files are out of the model's domain, naming the fix."""
     if total == 0 or count * 2 <= total:
         return None
     return (
-        f"{count} of {total} files read as harder than all of this model's calibration audio (head entropy at "
+        f"{count} of {total} {what} read as harder than all of this model's calibration audio (head entropy at "
         f"layer {record['layer']} above {record['max_entropy']:.2f}), so exits come late: the audio is unlike what "
         f"it was calibrated on. Calibrate on your own clean audio: daisy calibrate --model {model_dir} "
         "--data YOUR_CLEAN_AUDIO"

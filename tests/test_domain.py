@@ -59,3 +59,19 @@ def test_exit_says_once_at_the_end_when_most_files_are_out_of_domain(tmp_path, w
     # a policy other than the calibrated one was asked for: the record does not speak for it
     result = runner.invoke(app, ["exit", "--model", str(tmp_path / "model"), "--threshold", "0.4", *map(str, wavs)])
     assert "note:" not in result.output
+
+
+@pytest.mark.parametrize("max_entropy,said", [(0.0, True), (100.0, False)])
+def test_noise_sweep_says_so_at_the_end_from_its_clean_utterances(tmp_path, wavs, max_entropy, said):
+    model = random_early_exit()
+    model.policy = policies.Entropy(threshold=0.5, min_layer=2)
+    model.config.provenance["calibration"] = {"domain": {"layer": 2, "max_entropy": max_entropy, "utterances": 9}}
+    model.save_pretrained(tmp_path / "model")
+    folder = wavs[0].parent
+    args = ["noise-sweep", "--model", str(tmp_path / "model"), "--audio", str(folder), "--noise", "white"]
+    result = runner.invoke(app, [*args, "--snr", "clean,10", "--out", str(tmp_path / "sweep")])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note:")]
+    assert len(notes) == (1 if said else 0)
+    if said:
+        assert "3 of 3 clean utterances" in notes[0]

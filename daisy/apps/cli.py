@@ -400,7 +400,8 @@ def exit_cmd(
 ):
     """Run early exit on audio files and print each file's exit layer (files that cannot be read are
     reported on stderr and left out, also from --json; truncated or silent ones get a warning there)."""
-    from daisy.apps.exit_files import domain_notice, exit_files
+    from daisy import domain
+    from daisy.apps.exit_files import exit_files
     from daisy.io import shown
     from daisy.model import EarlyExitHubert
 
@@ -427,7 +428,7 @@ def exit_cmd(
         err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
     for message in errors:
         err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    notice = domain_notice(early, model, results)
+    notice = domain.notice(early, str(model), [r["head_entropy"] for r in results if r["head_entropy"]])
     if notice:
         err.print(f"[yellow]note:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True)
     if errors:
@@ -453,6 +454,7 @@ def noise_sweep_cmd(
     quick: bool = typer.Option(False, help="the small corpus, for tests"),
 ):
     """Exit depth of every utterance at every noise type and SNR: table, CSV/JSON and plots."""
+    from daisy import domain
     from daisy.analysis import asr_per_snr as sq
     from daisy.analysis import noise_sweep as ns
     from daisy.data.sources import load_all, utterances
@@ -515,6 +517,10 @@ def noise_sweep_cmd(
         out.print(sq.markdown_table(quality), highlight=False)
     verdict = ns.monotone_text(ns.monotone(summary)) or "n/a (one condition per noise)"
     out.print(f"exit depth rises as SNR falls: {verdict}; results in {out_dir}", highlight=False)
+    clean = [r["entropy"] for r in rows if r["snr"] is None and "entropy" in r]
+    notice = domain.notice(early, str(model), clean, what="clean utterances")
+    if notice:
+        err.print(f"[yellow]note:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

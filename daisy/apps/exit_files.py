@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from daisy import domain
 from daisy.audio import AudioError, AudioWarning, load
 from daisy.calibration import exit_agreement
 from daisy.io import shown
@@ -64,13 +63,3 @@ def _listed(scores: torch.Tensor | None) -> list[float | None] | None:
     if scores is None:
         return None
     return [None if v != v else round(v, 4) for v in scores[0].tolist()]
-
-
-def domain_notice(model: EarlyExitHubert, model_dir: Path, results: list[dict]) -> str | None:
-    """One line when most files read as harder than all of the model's calibration audio (daisy.domain)."""
-    record = model.config.provenance.get("calibration", {}).get("domain")
-    rows = [r["head_entropy"] for r in results if r["head_entropy"] is not None]
-    if not record or not rows or model.policy.to_dict() != model.config.policy:
-        return None  # no record, no entropy read, or another policy than the one calibrated
-    entropy = torch.tensor([[float("nan") if v is None else v for v in row] for row in rows])
-    return domain.warning(str(model_dir), domain.unfamiliar(record, entropy), len(rows), record)
