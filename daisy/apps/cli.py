@@ -421,8 +421,10 @@ def exit_cmd(
     else:  # plain lines, never wrapped, for pipes
         for r in results:
             agrees = f"\tagreement {r['agreement']:.3f}" if agreement else ""
+            spread = f" (mean {r['mean_exit_layer']:.2f} over {len(r['windows'])} windows)" if "windows" in r else ""
             typer.echo(
-                f"{shown(r['path'])}\texit layer {r['exit_layer']}/{r['num_layers']}\t{r['seconds']:.2f} s{agrees}"
+                f"{shown(r['path'])}\texit layer {r['exit_layer']}/{r['num_layers']}{spread}\t{r['seconds']:.2f} s"
+                + agrees
             )
     for message in [m for r in results for m in r["warnings"]]:
         err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
