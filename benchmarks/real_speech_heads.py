@@ -10,7 +10,7 @@ Steps (each reused when its output is there: the corpora are cached, head traini
 2. the shipped model's heads trained on `--steps` more steps on the default espeak-ng corpus' first
    `--espeak-train` training utterances plus the Kokoro ones `--kokoro-repeat` times (the backbone is frozen);
 3. the default policy calibrated to `--depth` layers on the held-out Kokoro speech (the shipped rare-exits rule),
-   and each task's own budget again there.
+   and each task's own budget again there; `--calibration mixed` adds 150 espeak-ng dev utterances.
 Needs the `tts` extra (Kokoro).
 """
 
@@ -30,6 +30,12 @@ def main() -> None:
     parser.add_argument("--espeak-train", type=int, default=900)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--depth", type=float, default=3.6)
+    parser.add_argument(
+        "--calibration",
+        choices=("kokoro", "mixed"),
+        default="kokoro",
+        help="calibrate on the held-out Kokoro speech, or on it plus 150 espeak-ng dev utterances",
+    )
     args = parser.parse_args()
     for name in ("kokoro_train", "kokoro_cal", "kokoro_repeat", "espeak_train", "steps"):
         if getattr(args, name) < 1:
@@ -51,6 +57,8 @@ def main() -> None:
 
     model = EarlyExitHubert.from_pretrained(args.model or shipped_model())
     train_heads(model, espeak + heard * args.kokoro_repeat, args.out / "heads", HeadTrainConfig(steps=args.steps))
+    if args.calibration == "mixed":
+        held_out += load_all(load_manifest(espeak_dir, "dev")[:150])
     policy = calibrate_model(model, held_out, args.depth)
     recalibrate_tasks(model, held_out)  # each task's budget again, for the new heads
     model.config.provenance["real_speech_heads"] = {
