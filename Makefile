@@ -21,7 +21,7 @@ demo: $(VENV)/bin/python
 	$(VENV)/bin/daisy demo --out $(DEMO_OUT)
 
 test: $(VENV)/bin/python $(CORE_VENV)/bin/python
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e ".[dev,eval,s3prl,hf]"
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e ".[dev,eval,s3prl,hf,tts]"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q
