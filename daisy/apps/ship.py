@@ -95,18 +95,16 @@ def per_feature(values: list[float]) -> dict[str, float]:
 
 
 def probe_table(fig: dict) -> list[str]:
-    """Markdown rows: per feature, speaker-id accuracy and character CER (a dash where not measured)."""
-    speaker, chars = fig["speaker_probe"], fig.get("char_probe", {})
+    """Markdown rows: per feature, speaker-id accuracy and character CER."""
+    speaker, chars = fig["speaker_probe"], fig["char_probe"]
     rows = ["| features | speaker-id accuracy | character CER |", "|---|---:|---:|"]
     for key, acc in speaker.items():
-        rows.append(f"| {key} | {acc:.3f} | {f'{chars[key]:.3f}' if key in chars else '-'} |")
+        rows.append(f"| {key} | {acc:.3f} | {chars[key]:.3f} |")
     return rows
 
 
-def level_section(rows: list[dict] | None) -> list[str]:
-    """Markdown: mean exit of the clean test speech scaled by each gain (none for cards made before it)."""
-    if not rows:
-        return []
+def level_section(rows: list[dict]) -> list[str]:
+    """Markdown: mean exit of the clean test speech scaled by each gain."""
     from daisy.analysis.input_levels import markdown_table
 
     return ["## Input level: the same clean test speech at other levels", "", *markdown_table(rows), ""]
@@ -167,7 +165,7 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         f"Policy (calibrated on dev): `{json.dumps(card['policy'])}`",
         *[
             line
-            for task, p in card.get("task_policies", {}).items()
+            for task, p in card["task_policies"].items()
             for line in ("", f"Policy for {task}, its own operating point (`--task {task}`): `{json.dumps(p)}`")
         ],
         "",
@@ -176,7 +174,7 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         sweep_table,
         "Exit depth rises monotonically as SNR falls: " + ns.monotone_text(fig["adaptivity"]["monotone"]),
         "",
-        *level_section(fig.get("input_level")),
+        *level_section(fig["input_level"]),
         "## Limitations",
         "",
         "- Synthetic speech only (espeak-ng voices): real recordings are far from what it has heard.",
@@ -185,7 +183,7 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
                 "- Input: each utterance is scaled to zero mean, unit variance before the model (pretrained so),",
                 "  so its exits do not depend on the recording level.",
             ]
-            if pre["config"].get("normalize")
+            if pre["config"]["normalize"]
             else [
                 "- Input level: the corpus sits at about -20 dBFS RMS and pretraining added no gain changes, so the",
                 "  model is unsure of quieter speech as it is of noisy speech: 6 dB quieter, clean speech exits near",
