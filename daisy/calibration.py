@@ -274,6 +274,7 @@ def calibrate_agreement(
         "min_layer": min_layer,
         "answer": "teacher argmax" if model.config.targets == "teacher" else "last head's argmax",
         "bound": "Hoeffding-Bentkus, fixed-sequence (Learn then Test), per-utterance frame agreement",
+        "domain": domain.reference(scores["entropy"], policy),  # as calibrate_model: audio unlike this is named
     }
     if task is None:
         model.policy = policy

@@ -159,5 +159,6 @@ def test_calibrate_agreement_on_a_model_saves_the_policy_and_its_record():
     assert model.task_policy("asr") == policy and model.policy != policy
     record = model.config.provenance["task_calibration"]["asr"]
     assert record["agreement_bound"] >= 0.5 and record["reached_depth"] == pytest.approx(choice.mean_depth, abs=1e-4)
+    assert record["domain"]["utterances"] == 30  # what daisy exit compares new audio with
     exits = policy.exit_layers(scores)
     assert float(exit_agreement(scores["agreement"], exits).mean()) == pytest.approx(choice.agreement)
