@@ -73,13 +73,18 @@ def calibrate_model(
         "rare_exits": rare_exits,
         "domain": domain.reference(entropy, policy),  # to tell audio unlike this at run time (daisy.domain)
     }
+    _install(model, policy, record, task)
+    return policy
+
+
+def _install(model: EarlyExitHubert, policy: policies.Policy, record: dict, task: str | None) -> None:
+    """`policy` as the model's own (task None) or as `task`'s, with how it was calibrated in the provenance."""
     if task is None:
         model.policy = policy
         model.config.provenance["calibration"] = record
     else:
         model.set_task_policy(task, policy)
         model.config.provenance.setdefault("task_calibration", {})[task] = record
-    return policy
 
 
 def calibrate_operating_points(
@@ -276,10 +281,5 @@ def calibrate_agreement(
         "bound": "Hoeffding-Bentkus, fixed-sequence (Learn then Test), per-utterance frame agreement",
         "domain": domain.reference(scores["entropy"], policy),  # as calibrate_model: audio unlike this is named
     }
-    if task is None:
-        model.policy = policy
-        model.config.provenance["calibration"] = record
-    else:
-        model.set_task_policy(task, policy)
-        model.config.provenance.setdefault("task_calibration", {})[task] = record
+    _install(model, policy, record, task)
     return policy, choice
