@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daisy import policies
+from daisy import policies, run_state
 from daisy.compute import compute_share
 from daisy.data.batching import batches
 from daisy.downstream import tasks as registry
@@ -35,8 +35,8 @@ from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
 from daisy.progress import progress
 
-# What a feature cache holds: 1 kept head entropy only; 2 keeps every score the trace gives. A cache of
-# another format is extracted again (its scores would not serve every policy).
+# What a feature cache holds (every layer's states, every score the trace gives), in its fingerprint: raise it
+# when that changes, and caches of the old kind are extracted again
 FEATURES_FORMAT = 2
 
 
@@ -95,24 +95,18 @@ class Features:
 
 def fingerprint(wavs: list[np.ndarray], model: torch.nn.Module | None = None) -> str:
     """A digest of the audio (and the model's weights), so cached features are reused only for the same."""
-    digest = hashlib.sha1()
-    for tensor in model.state_dict().values() if model is not None else ():
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for wav in wavs:
-        digest.update(np.ascontiguousarray(wav, dtype=np.float32).tobytes())
-        digest.update(len(wav).to_bytes(8, "little"))
-    return digest.hexdigest()
+    return run_state.fingerprint(FEATURES_FORMAT, model, list(wavs))
 
 
 @torch.no_grad()
 def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None = None) -> Features:
-    """Every layer's states and every head score of `wavs`; cached at `cache` for this model, audio and
-    FEATURES_FORMAT."""
+    """Every layer's states and every head score of `wavs`; cached as the run state `cache` (its folder and
+    name: safetensors + JSON, daisy.run_state) for this model and audio."""
     key = fingerprint(wavs, model) if cache is not None else ""  # hashing only pays where a cache is read
-    if cache is not None and cache.is_file():
-        stored = torch.load(cache, weights_only=True)
-        if stored.get("format") == FEATURES_FORMAT and stored.get("key") == key:
-            return Features(stored["states"], stored["scores"], key)
+    if cache is not None and (meta := run_state.read_state_meta(cache.parent, cache.name)) and meta["key"] == key:
+        tensors, _ = run_state.load_state(cache.parent, cache.name)
+        states = [tensors[f"state.{i}"] for i in range(len(wavs))]
+        return Features(states, run_state.unprefixed("score.", tensors), key)
     states: list = [None] * len(wavs)
     scores: dict[str, torch.Tensor] = {}
     with progress() as bar:
@@ -127,8 +121,8 @@ def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None =
             bar.advance(task, len(idx))
     features = Features(states, scores, key)
     if cache is not None:
-        with atomic_path(cache, suffix=".pt") as tmp:
-            torch.save({"format": FEATURES_FORMAT, **asdict(features)}, tmp)
+        tensors = {f"state.{i}": state for i, state in enumerate(states)} | run_state.prefixed("score.", scores)
+        run_state.save_state(cache.parent, cache.name, tensors, {"key": key})
     return features
 
 
@@ -344,12 +338,12 @@ def run(
         raise ValueError(f"no data for task(s) {', '.join(missing)}: input sets given are {', '.join(data)}")
     needed = sorted({source[t] for t in config.tasks})
     feats = {
-        (s, split): extract(model, data[s][split].inputs, out / "features" / f"{s}-{split}.pt")
+        (s, split): extract(model, data[s][split].inputs, out / "features" / f"{s}-{split}")
         for s in needed
         for split in ("train", "test")
     }
     base = {(s, split): mfcc_features(data[s][split].inputs) for s in needed for split in ("train", "test")}
-    dev = extract(model, dev_wavs, out / "features" / "dev.pt")
+    dev = extract(model, dev_wavs, out / "features" / "dev")
     chosen = settings(model, dev.scores, config)
     results: dict[str, dict] = {}
     probe_key = config.probe_key()

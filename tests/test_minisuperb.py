@@ -129,10 +129,10 @@ def test_feature_cache_is_reused_only_for_the_same_model_and_audio(tmp_path):
 
     rng = np.random.default_rng(0)
     wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 9000)]
-    model, cache = random_early_exit(), tmp_path / "f.pt"
+    model, cache = random_early_exit(), tmp_path / "f"
     first = extract(model, wavs, cache)
-    stamp = cache.stat().st_mtime_ns
-    assert extract(model, wavs, cache).key == first.key and cache.stat().st_mtime_ns == stamp  # reused
+    stamp = (tmp_path / "f.json").stat().st_mtime_ns
+    assert extract(model, wavs, cache).key == first.key and (tmp_path / "f.json").stat().st_mtime_ns == stamp
     shorter = extract(model, [wavs[0][:4000], wavs[1]], cache)  # other audio: extracted again
     assert shorter.key != first.key and shorter.states[0].shape[1] < first.states[0].shape[1]
     other = extract(random_early_exit(seed=1), [wavs[0][:4000], wavs[1]], cache)  # other model: again
@@ -282,26 +282,11 @@ def test_a_confidence_policy_runs_minisuperb_from_the_cli(tmp_path, quick_corpus
     assert result.exit_code == 0, result.output
     daisy = json.loads((tmp_path / "o" / "results.json").read_text())["results"]["sid"]["daisy"]
     assert daisy["policy"] == {"name": "confidence", "threshold": 0.6, "min_layer": 1}
-    stored = torch.load(tmp_path / "o" / "features" / "clean-test.pt", weights_only=True)
-    assert {"entropy", "confidence"} <= set(stored["scores"])
-    exits = policies.Confidence(threshold=0.6).exit_layers(stored["scores"])
+    from daisy import run_state
+
+    tensors, _ = run_state.load_state(tmp_path / "o" / "features", "clean-test")
+    stored = run_state.unprefixed("score.", tensors)
+    assert {"entropy", "confidence"} <= set(stored)
+    exits = policies.Confidence(threshold=0.6).exit_layers(stored)
     assert daisy["mean_depth"] == pytest.approx(exits.float().mean().item())
     assert "probe sid / daisy" in result.output  # progress lines, as the output is not a terminal
-
-
-def test_a_feature_cache_of_another_format_is_extracted_again(tmp_path):
-    import numpy as np
-
-    from conftest import random_early_exit
-    from daisy.downstream.minisuperb import extract, fingerprint
-
-    rng = np.random.default_rng(0)
-    wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 9000)]
-    model, cache = random_early_exit(), tmp_path / "f.pt"
-    fresh = extract(model, wavs)
-    # what the cache held before every score was kept: the same model and audio, entropy only
-    torch.save({"states": fresh.states, "entropy": fresh.scores["entropy"], "key": fingerprint(wavs, model)}, cache)
-    again = extract(model, wavs, cache)
-    assert set(again.scores) == set(fresh.scores) and "confidence" in again.scores
-    torch.testing.assert_close(again.scores["confidence"], fresh.scores["confidence"])
-    assert "scores" in torch.load(cache, weights_only=True)  # rewritten in the current format

@@ -175,7 +175,7 @@ def test_quick_run_on_real_corpus_layouts(corpora, tmp_path):
     assert "cer" in summary["results"]["asr"]["full"]["metrics"]
     assert summary["results"]["ss"]["full"]["input"] == "libri2mix"
     features = {p.name for p in (tmp_path / "features").iterdir()}
-    assert {"librispeech-train.pt", "libri2mix-test.pt", "dev.pt"} <= features
+    assert {"librispeech-train.json", "libri2mix-test.json", "dev.json"} <= features
     with pytest.raises(ValueError, match="no data for task\\(s\\) sid"):
         run(model, tasks.data, tasks.dev, tmp_path, MiniSuperbConfig(tasks=("sid",)), source=tasks.source)
 
@@ -203,4 +203,4 @@ def test_cli_runs_the_tasks_given_in_data(corpora, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(summary["results"]) == ["sid"] and summary["config"]["tasks"] == ["sid"]
-    assert (tmp_path / "out" / "features" / "voxceleb1-train.pt").is_file()
+    assert (tmp_path / "out" / "features" / "voxceleb1-train.json").is_file()
