@@ -166,7 +166,7 @@ def test_a_transformers_folder_with_a_hostile_pickle_is_refused_unrun(hostile, t
     HubertModel(preset_config("tiny", num_hidden_layers=2)).save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "model.safetensors").unlink()
     path.rename(tmp_path / "hf" / "pytorch_model.bin")  # transformers' older weights file: a pickle
-    with pytest.raises(ValueError, match=r"hf: cannot load the HuBERT weights \(Unable to load weights"):
+    with pytest.raises(ValueError, match=r"hf: cannot load the HuBERT weights \("):  # transformers says why
         HubertBackbone.from_pretrained(tmp_path / "hf")
     assert not marker.exists()
 
