@@ -59,6 +59,8 @@ class DaisyConfig:
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"num_classes must be an integer of at least 2, got {self.num_classes!r}")
         if self.head_input not in HEAD_INPUTS:
             raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
         if self.targets not in ("teacher", "kmeans"):

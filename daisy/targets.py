@@ -151,9 +151,14 @@ class KMeansTargets:
     def load(cls, path: str | Path) -> KMeansTargets:
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata()
-        return cls(load_file(str(path))["centers"].float(), metadata["features"], metadata.get("source"))
+        try:
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata()
+            return cls(load_file(str(path))["centers"].float(), metadata["features"], metadata.get("source"))
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # safetensors' own error type for a corrupt file; a file without the codebook's keys
+            raise ValueError(f"{path}: not a readable k-means codebook ({e})") from e
 
 
 def source_backbone(path: str):

@@ -221,8 +221,14 @@ def pretrain(
     _check_device("--device", device)
     config = PretrainConfig.quick() if quick else PretrainConfig()
     if config_json:
-        config = PretrainConfig(**{**config.__dict__, **json.loads(config_json.read_text())})
-    if steps:
+        try:
+            fields = json.loads(config_json.read_text())
+            if not isinstance(fields, dict):
+                raise ValueError("not a JSON object of PretrainConfig fields")
+            config = PretrainConfig(**{**config.__dict__, **fields})
+        except (OSError, ValueError, TypeError) as e:  # unreadable, not JSON, an unknown field
+            fail(f"--config {config_json}: {e}")
+    if steps is not None:
         config.steps = steps
     if noise_prob is not None:
         config.noise_prob = noise_prob
@@ -236,7 +242,7 @@ def pretrain(
             config.label_features = None
     if label_layer is not None:
         config.label_features = f"layer:{label_layer}"
-    if classes:
+    if classes is not None:
         config.num_classes = classes
     try:
         config = config.resolved()  # a bad label model or layer fails here, before any data is read
@@ -558,6 +564,8 @@ def minisuperb(
     from daisy.downstream.tasks import corpus_tasks, names, parse_corpus_paths, synthetic_tasks
     from daisy.model import EarlyExitHubert
 
+    _at_least("--train", train)
+    _at_least("--test", test)
     try:
         paths = None if data == "synthetic" else parse_corpus_paths(data)
     except ValueError as e:

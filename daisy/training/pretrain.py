@@ -111,8 +111,33 @@ class PretrainConfig:
             checkpoint_every=100,
         )
 
+    def check(self) -> None:
+        """A ValueError naming the first field that cannot make a run (before any data is read)."""
+        import math
+
+        def number(name, low, high=math.inf, integer=False):
+            value = getattr(self, name)
+            kind = int if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+                bound = f"at least {low}" if high == math.inf else f"in {low}..{high}"
+                raise ValueError(f"{name} must be {'an integer ' if integer else 'a number '}{bound}, got {value!r}")
+
+        for name in ("steps", "batch_size", "mask_length", "checkpoint_every", "kmeans_frames"):
+            number(name, 1, integer=True)
+        number("warmup", 0, integer=True)
+        for name in ("noise_prob", "mask_prob"):
+            number(name, 0.0, 1.0)
+        for name in ("crop_seconds", "lr", "temperature", "feature_grad_mult"):
+            number(name, 1e-12)
+        for name in ("weight_decay", "pred_nomask_weight"):
+            number(name, 0.0)
+        if self.num_classes is not None:
+            number("num_classes", 2, integer=True)
+
     def resolved(self) -> PretrainConfig:
-        """A copy with the label defaults filled in (so config.json, checkpoints and exports record them)."""
+        """A copy with the label defaults filled in (so config.json, checkpoints and exports record them);
+        a field that cannot make a run is a ValueError naming it."""
+        self.check()
         features = self.label_features or ("mfcc" if self.label_model is None else "layer")
         if features == "mfcc":
             if self.label_model is not None:
