@@ -69,3 +69,18 @@ def test_a_damaged_model_folder_is_named_in_one_line(tmp_path):
     (tmp_path / "classes" / "daisy.json").write_text(json.dumps({**config, "num_classes": -3}))
     result = runner.invoke(app, ["info", str(tmp_path / "classes")])
     assert one_line(result, "daisy.json", "num_classes must be an integer of at least 2, got -3")
+
+
+@pytest.mark.parametrize("command", ["noise-sweep", "minisuperb"])
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, command):
+    from daisy.io import run_lock
+
+    args = [command, "--model", "daisy/assets/hubert-tiny-synth", "--quick", "--out", str(tmp_path / "o")]
+    if command == "noise-sweep":
+        args += ["--snr", "clean", "--limit", "2"]
+    else:
+        args += ["--tasks", "sid", "--size", "quick", "--train", "24", "--test", "8", "--budgets", "0.5"]
+    with run_lock(tmp_path / "o"):
+        result = runner.invoke(app, args)
+    assert one_line(result, str(tmp_path / "o"), "is in use by another daisy run"), result.output
+    assert runner.invoke(app, args).exit_code == 0  # free again: it runs

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -44,6 +45,22 @@ def fail(message: str) -> None:
 def _at_least(option: str, value: int | None, low: int = 1) -> None:
     if value is not None and value < low:
         fail(f"{option} must be at least {low}, got {value}")
+
+
+@contextmanager
+def _locked(folder: Path):
+    """Hold the run lock of `folder` (daisy.io.run_lock); another run holding it is a one-line error."""
+    from daisy.io import run_lock
+
+    lock = run_lock(folder)
+    try:
+        lock.__enter__()
+    except ValueError as e:
+        fail(str(e))
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _finite(option: str, value: float | None) -> None:
@@ -499,36 +516,37 @@ def noise_sweep_cmd(
             ns.check_audible(train_wavs, [str(u.path) for u in train_utts])
     except (OSError, ValueError) as e:
         fail(str(e))
-    config = ns.SweepConfig(noises=tuple(kinds), snrs=snrs)
-    traced = {}  # with --asr, its test features carry the head scores the sweep needs: no second pass
-    try:  # what the checks above cannot see (a silent stretch of a noise file, a policy that needs targets)
+    with _locked(out_dir):  # one run at a time into --out
+        config = ns.SweepConfig(noises=tuple(kinds), snrs=snrs)
+        traced = {}  # with --asr, its test features carry the head scores the sweep needs: no second pass
+        try:  # what the checks above cannot see (a silent stretch of a noise file, a policy that needs targets)
+            if asr:
+                quality = sq.asr_quality(
+                    early,
+                    (train_wavs, [u.text for u in train_utts]),
+                    (wavs, [u.text for u in utts]),
+                    config,
+                    include_clean,
+                    sq.QualityConfig(size=asr_size),
+                    pool,
+                    noise_files,
+                    test_scores=traced,
+                )
+            rows = ns.sweep(early, wavs, config, include_clean, pool, noise_files, traced=traced)
+        except ValueError as e:
+            fail(str(e))
+        summary = ns.summarize(rows, early)
+        ns.write_results(rows, summary, early, out_dir, [str(u.path) for u in utts])
+        out.print(ns.markdown_table(summary), highlight=False)
         if asr:
-            quality = sq.asr_quality(
-                early,
-                (train_wavs, [u.text for u in train_utts]),
-                (wavs, [u.text for u in utts]),
-                config,
-                include_clean,
-                sq.QualityConfig(size=asr_size),
-                pool,
-                noise_files,
-                test_scores=traced,
-            )
-        rows = ns.sweep(early, wavs, config, include_clean, pool, noise_files, traced=traced)
-    except ValueError as e:
-        fail(str(e))
-    summary = ns.summarize(rows, early)
-    ns.write_results(rows, summary, early, out_dir, [str(u.path) for u in utts])
-    out.print(ns.markdown_table(summary), highlight=False)
-    if asr:
-        sq.write_quality(quality, out_dir)
-        out.print(sq.markdown_table(quality), highlight=False)
-    verdict = ns.monotone_text(ns.monotone(summary)) or "n/a (one condition per noise)"
-    out.print(f"exit depth rises as SNR falls: {verdict}; results in {out_dir}", highlight=False)
-    clean = [r["entropy"] for r in rows if r["snr"] is None and "entropy" in r]
-    notice = domain.notice(early, str(model), clean, what="clean utterances")
-    if notice:
-        err.print(f"[yellow]note:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True)
+            sq.write_quality(quality, out_dir)
+            out.print(sq.markdown_table(quality), highlight=False)
+        verdict = ns.monotone_text(ns.monotone(summary)) or "n/a (one condition per noise)"
+        out.print(f"exit depth rises as SNR falls: {verdict}; results in {out_dir}", highlight=False)
+        clean = [r["entropy"] for r in rows if r["snr"] is None and "entropy" in r]
+        notice = domain.notice(early, str(model), clean, what="clean utterances")
+        if notice:
+            err.print(f"[yellow]note:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -597,7 +615,8 @@ def minisuperb(
             task_data, source, dev = corpora.data, corpora.source, corpora.dev
     except (OSError, ValueError) as e:
         fail(str(e))
-    summary = run(early, task_data, dev, out_dir, config, source=source)
+    with _locked(out_dir):  # one run at a time into --out
+        summary = run(early, task_data, dev, out_dir, config, source=source)
     from daisy.downstream.minisuperb import markdown
 
     out.print(markdown(summary["results"], summary["scores"]), highlight=False)
