@@ -304,6 +304,7 @@ def train_heads_cmd(
     from daisy.data.sources import load_all, utterances
     from daisy.training.train_heads import HeadTrainConfig, check_resume, prepare_model, train_heads
 
+    _finite("--depth", depth)  # before the model and the audio are read
     try:
         config = HeadTrainConfig.quick() if quick else HeadTrainConfig()
         config = replace(config, steps=config.steps if steps is None else steps, noise_prob=noise_prob)
