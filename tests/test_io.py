@@ -165,3 +165,26 @@ def test_file_names_that_are_not_utf8_print(tmp_path):
     name = os.fsdecode(b"caf\xe9.wav")
     assert io.shown(tmp_path / name) == f"{tmp_path}/caf\\xe9.wav"
     assert io.shown("caf\u00e9.wav") == "caf\u00e9.wav"
+
+
+def test_staged_outputs_land_together_or_leave_the_last_set_whole(tmp_path):
+    from daisy.io import staged_outputs
+
+    out = tmp_path / "out"
+    with staged_outputs(out) as stage:
+        (stage / "a.json").write_text("1")
+        (stage / "a.png").write_text("1")
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png"]
+
+    class Killed(Exception):
+        pass
+
+    with pytest.raises(Killed), staged_outputs(out) as stage:
+        (stage / "a.json").write_text("2")  # written, then the run dies before its plot
+        raise Killed
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png"]
+    assert (out / "a.json").read_text() == "1"  # the last run's set, whole
+    with staged_outputs(out) as stage:
+        (stage / "a.json").write_text("3")
+        (stage / "a.png").write_text("3")
+    assert [(out / n).read_text() for n in ("a.json", "a.png")] == ["3", "3"]

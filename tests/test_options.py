@@ -84,6 +84,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, command):
         result = runner.invoke(app, args)
     assert one_line(result, str(tmp_path / "o"), "is in use by another daisy run"), result.output
     assert runner.invoke(app, args).exit_code == 0  # free again: it runs
+    assert not [p for p in (tmp_path / "o").iterdir() if p.name.endswith(".part")]  # nothing staged is left
 
 
 def test_train_heads_refuses_a_nonsense_depth_before_reading_anything(tmp_path):

@@ -485,6 +485,7 @@ def noise_sweep_cmd(
     from daisy.analysis import noise_sweep as ns
     from daisy.data.sources import load_all, utterances
     from daisy.downstream.minisuperb import SIZES
+    from daisy.io import staged_outputs
     from daisy.model import EarlyExitHubert
 
     _at_least("--limit", limit)
@@ -537,10 +538,12 @@ def noise_sweep_cmd(
         except ValueError as e:
             fail(str(e))
         summary = ns.summarize(rows, early)
-        ns.write_results(rows, summary, early, out_dir, [str(u.path) for u in utts])
+        with staged_outputs(out_dir) as staged:  # the run's files land together, or the last run's stay
+            ns.write_results(rows, summary, early, staged, [str(u.path) for u in utts])
+            if asr:
+                sq.write_quality(quality, staged)
         out.print(ns.markdown_table(summary), highlight=False)
         if asr:
-            sq.write_quality(quality, out_dir)
             out.print(sq.markdown_table(quality), highlight=False)
         verdict = ns.monotone_text(ns.monotone(summary)) or "n/a (one condition per noise)"
         out.print(f"exit depth rises as SNR falls: {verdict}; results in {out_dir}", highlight=False)
