@@ -206,6 +206,23 @@ def load_optimizer_state(optim: torch.optim.Optimizer, tensors: dict[str, torch.
 # ---------------------------------------------------------------- cached stages
 
 
+def save_training(folder: str | os.PathLike, name: str, module: torch.nn.Module, optim, sched, meta: dict) -> Path:
+    """A training run's state: `module`'s and the optimiser's tensors, the optimiser's and the scheduler's
+    settings, and `meta` (step, log, what the run was made under)."""
+    optim_tensors, optim_meta = optimizer_state(optim)
+    tensors = {**prefixed("model.", module.state_dict()), **prefixed("optim.", optim_tensors)}
+    return save_state(folder, name, tensors, {**meta, "optim": optim_meta, "sched": sched.state_dict()})
+
+
+def restore_training(state: tuple[dict[str, torch.Tensor], dict], module: torch.nn.Module, optim, sched) -> dict:
+    """Load a `save_training` state (as `load_state` gives it) into module, optimiser and scheduler; its meta."""
+    tensors, meta = state
+    module.load_state_dict(unprefixed("model.", tensors))
+    load_optimizer_state(optim, unprefixed("optim.", tensors), meta["optim"])
+    sched.load_state_dict(meta["sched"])
+    return meta
+
+
 class StageRecords:
     """Per named stage, the fingerprint its outputs were made under, in one JSON file (`folder/stages.json`).
 

@@ -27,13 +27,11 @@ from safetensors.torch import load_file, save_file
 from daisy.io import atomic_dir, write_json
 from daisy.run_state import (
     ResumeRefused,
-    load_optimizer_state,
     load_state,
-    optimizer_state,
     plain,
-    prefixed,
     read_state_meta,
-    save_state,
+    restore_training,
+    save_training,
     state_file,
     unprefixed,
 )
@@ -107,19 +105,15 @@ def check_labels_fit(labels: list[np.ndarray], frames: list[int], out: Path) -> 
 
 def save_checkpoint(out: Path, model, optim, sched, step: int, log: list, config, data: dict, seconds: float):
     """The run's state after `step` (atomic), and `log.json` for people."""
-    optim_tensors, optim_meta = optimizer_state(optim)
-    tensors = {**prefixed("model.", model.state_dict()), **prefixed("optim.", optim_tensors)}
-    meta = {"step": step, "config": asdict(config), "data": data, "optim": optim_meta, "sched": sched.state_dict()}
-    save_state(out, CHECKPOINT, tensors, {**meta, "log": log})
+    save_training(
+        out, CHECKPOINT, model, optim, sched, {"step": step, "config": asdict(config), "data": data, "log": log}
+    )
     write_json(out / "log.json", {"config": asdict(config), "seconds_this_run": seconds, "log": log})
 
 
 def restore_checkpoint(state: tuple[dict, dict], model, optim, sched) -> tuple[int, list]:
     """Load a state from `load_state` into model, optimiser and scheduler; returns (step, log)."""
-    tensors, meta = state
-    model.load_state_dict(unprefixed("model.", tensors))
-    load_optimizer_state(optim, unprefixed("optim.", tensors), meta["optim"])
-    sched.load_state_dict(meta["sched"])
+    meta = restore_training(state, model, optim, sched)
     return meta["step"], meta["log"]
 
 

@@ -31,16 +31,13 @@ from daisy.run_state import (
     ResumeRefused,
     audio_identity,
     fingerprint,
-    load_optimizer_state,
     load_state,
     note_legacy,
-    optimizer_state,
     plain,
-    prefixed,
     read_state_meta,
-    save_state,
+    restore_training,
+    save_training,
     state_file,
-    unprefixed,
 )
 from daisy.targets import KMeansTargets, TeacherHead
 from daisy.training.kmeans import fit_mfcc_kmeans
@@ -209,11 +206,8 @@ def _train(model: EarlyExitHubert, wavs, out: Path, config: HeadTrainConfig, sto
     start, log = 0, []
     state = load_state(out, CHECKPOINT)
     if state is not None:
-        tensors, meta = state
-        _refuse_other_settings(state_file(out, CHECKPOINT), meta, model, config, wavs)
-        heads.load_state_dict(unprefixed("heads.", tensors))
-        load_optimizer_state(optim, unprefixed("optim.", tensors), meta["optim"])
-        sched.load_state_dict(meta["sched"])
+        _refuse_other_settings(state_file(out, CHECKPOINT), state[1], model, config, wavs)
+        meta = restore_training(state, heads, optim, sched)
         start, log = meta["step"], meta["log"]
     objective = HeadObjective(heads)
     trainer = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
@@ -237,10 +231,7 @@ def _train(model: EarlyExitHubert, wavs, out: Path, config: HeadTrainConfig, sto
             done = step + 1
             interrupted = stop_after is not None and done - start >= stop_after
             if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps or interrupted):
-                optim_tensors, optim_meta = optimizer_state(optim)
-                tensors = {**prefixed("heads.", heads.state_dict()), **prefixed("optim.", optim_tensors)}
-                meta = {"step": done, "optim": optim_meta, "sched": sched.state_dict(), **identity}
-                save_state(out, CHECKPOINT, tensors, {**meta, "log": log})
+                save_training(out, CHECKPOINT, heads, optim, sched, {"step": done, **identity, "log": log})
                 write_json(out / "heads_log.json", {"config": asdict(config), "log": log})
             if interrupted:
                 break
