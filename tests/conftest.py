@@ -4,24 +4,25 @@ from transformers import HubertConfig
 
 from daisy.upstream import HubertBackbone
 
+# a transformers-test-sized encoder (hidden 16, 3 layers) with the standard conv geometry (320-sample hop);
+# every family's tiny test config shares it
+TINY_GEOMETRY = dict(
+    hidden_size=16,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=20,
+    conv_dim=(8,) * 7,
+    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    conv_stride=(5, 2, 2, 2, 2, 2, 2),
+    conv_bias=True,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
+
 
 def tiny_config(stable: bool, norm: str = "layer", **overrides) -> HubertConfig:
     """A transformers-test-sized HuBERT (hidden 16) with the standard conv geometry."""
-    fields = dict(
-        hidden_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=20,
-        conv_dim=(8,) * 7,
-        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        conv_bias=True,
-        feat_extract_norm=norm,
-        do_stable_layer_norm=stable,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        classifier_proj_size=8,
-    )
+    fields = dict(TINY_GEOMETRY, feat_extract_norm=norm, do_stable_layer_norm=stable, classifier_proj_size=8)
     fields.update(overrides)
     return HubertConfig(**fields)
 

@@ -6,25 +6,13 @@ import torch
 from test_backbone import LENGTHS, reference_states
 from transformers import BertConfig, Data2VecAudioConfig, Wav2Vec2Config, WavLMConfig
 
-from conftest import padded_batch, tiny_config, varied_batch
+from conftest import TINY_GEOMETRY, padded_batch, tiny_config, varied_batch
 from daisy import policies
 from daisy.model import EarlyExitHubert
 from daisy.upstream import Backbone, HubertBackbone, WavLMBackbone, backbone_from_config, load_backbone
 from daisy.upstream.checkpoints import transformers_model_class
 
-# the geometry of conftest's tiny HuBERT: hidden 16, 3 layers, the standard 320-sample hop
-FIELDS = dict(
-    hidden_size=16,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    intermediate_size=20,
-    conv_dim=(8,) * 7,
-    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-    conv_stride=(5, 2, 2, 2, 2, 2, 2),
-    conv_bias=True,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2,
-)
+FIELDS = TINY_GEOMETRY  # conftest's tiny HuBERT's geometry
 
 
 def family_config(family: str, stable: bool = False, norm: str = "group", **overrides):
