@@ -2,7 +2,9 @@
 
 import argparse
 import os
+import pickletools
 import shlex
+import zipfile
 
 import pytest
 import torch
@@ -153,8 +155,12 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_unrun(hostile):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.count("\n") == 1 and "evil.pt: refused: its pickle would run" in result.output
     assert not marker.exists()
-    torch.load(path, weights_only=False)  # the payload is live: an unsafe load runs it
-    assert marker.exists()
+    # the payload is live (an unsafe load would run it): its pickle calls os.system, read without unpickling
+    with zipfile.ZipFile(path) as archive:
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    ops = list(pickletools.genops(pickled))
+    assert any(op.name == "GLOBAL" and arg.endswith(" system") for op, arg, _ in ops)
+    assert any(isinstance(arg, str) and arg.startswith("touch ") and str(marker) in arg for _, arg, _ in ops)
 
 
 def test_a_transformers_folder_with_a_hostile_pickle_is_refused_unrun(hostile, tmp_path):

@@ -7,6 +7,7 @@ step 2. fluent_commands runs by default; the others take about as long each (mos
 every upstream) and are marked slow.
 """
 
+import argparse
 import hashlib
 import re
 from pathlib import Path
@@ -53,7 +54,8 @@ def run(tmp_path, downstream: str, config: str, model_dir, *extra: str) -> tuple
     args = ["-m", "train", "-d", downstream, "-c", str(tmp_path / "config.yaml"), "-u", "daisy_hubert"]
     args += ["-k", str(model_dir), "--device", "cpu", "-p", str(expdir), *extra]
     assert run_s3prl_downstream(args) == 0
-    states = torch.load(expdir / "states-2.ckpt", weights_only=False)
+    with torch.serialization.safe_globals([argparse.Namespace]):  # the runner's own Args, as it reloads them
+        states = torch.load(expdir / "states-2.ckpt", weights_only=True)
     assert states["Step"] == 2 and states["Args"].downstream == downstream
     assert states["Featurizer"]["weights"].abs().sum() > 0  # the featurizer trained on our states
     return expdir, states

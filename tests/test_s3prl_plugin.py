@@ -1,5 +1,6 @@
 """daisy models as s3prl upstreams, checked through s3prl's own S3PRLUpstream, Featurizers and runner."""
 
+import argparse
 import json
 import pickle
 import subprocess
@@ -250,7 +251,8 @@ def test_runner_trains_and_evaluates(s3prl_nn, model_dir, tmp_path, capfd):
     train = ["-m", "train", "-d", "example", "-c", str(config), "-u", "daisy_hubert", "-k", str(model_dir)]
     assert s3prl_plugin.run_s3prl_downstream([*train, "-g", str(tmp_path / "policy.yaml"), *common]) == 0
 
-    states = torch.load(expdir / "states-2.ckpt", weights_only=False)
+    with torch.serialization.safe_globals([argparse.Namespace]):  # the runner's own Args, as it reloads them
+        states = torch.load(expdir / "states-2.ckpt", weights_only=True)
     assert states["Args"].upstream == "daisy_hubert" and states["Step"] == 2
     assert states["Featurizer"]["weights"].shape == (4,)  # L + 1 states
     assert states["Featurizer"]["weights"].abs().sum() > 0  # trained away from s3prl's zero init
