@@ -14,83 +14,13 @@ Writes results.json, table.md and real_speech.png to --out and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from daisy.upstream.geometry import SAMPLE_RATE
 
 HERE = Path(__file__).resolve().parent
-PERCENTILES = (10, 25, 50, 75, 90)
-
-
-def real_set(folder: Path, min_samples: int) -> dict:
-    """wavs, speakers and bands of a dev folder (a manifest's extra `band` field; "" where it has none)."""
-    from daisy.data.sources import load_all, utterances
-
-    utts = utterances(folder)
-    manifest = folder / "manifest.jsonl"
-    lines = manifest.read_text().splitlines() if manifest.is_file() else []
-    rows = [json.loads(line) for line in lines if line.strip()]
-    band = {row["id"]: row.get("band", "") for row in rows}
-    return {
-        "wavs": load_all(utts, min_samples),
-        "speakers": [u.speaker or u.id for u in utts],
-        "bands": [band.get(u.id, "") for u in utts],
-    }
-
-
-def noisy(wavs: list[np.ndarray], speakers: list[str], kind: str, snr: float, seed: int) -> list[np.ndarray]:
-    """Each utterance mixed at `snr` dB with `kind` noise; babble from utterances of the other speakers."""
-    from daisy.data.noise import make_noise, mix_at_snr
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for wav, speaker in zip(wavs, speakers):
-        others = [w for w, s in zip(wavs, speakers) if s != speaker] if kind == "babble" else ()
-        out.append(mix_at_snr(wav, make_noise(kind, len(wav), rng, others), snr))
-    return out
-
-
-def exits_and_entropy(model, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exit layer per utterance under `model.policy` (N,), and every head's entropy (N, L)."""
-    from daisy.calibration import trace_scores
-
-    trace = trace_scores(model, wavs)
-    return model.policy.exit_layers(trace), trace["entropy"]
-
-
-@torch.no_grad()
-def head_agreement(model, wavs: list[np.ndarray], batch_size: int = 8) -> list[float]:
-    """Share of valid frames (pooled over `wavs`) where heads l and l+1 pick the same class, l = 1..L-1."""
-    from daisy.data.batching import batches
-    from daisy.training.train_heads import frozen_features
-
-    same = torch.zeros(model.num_layers - 1)
-    frames = 0
-    for _, padded, lengths in batches(wavs, batch_size, model.backbone.min_samples):
-        feats, mask, _ = frozen_features(model, padded, lengths)
-        picks = [model.heads.logits(layer, f).argmax(-1) for layer, f in enumerate(feats, 1)]
-        for layer in range(1, model.num_layers):
-            same[layer - 1] += ((picks[layer - 1] == picks[layer]) & mask).sum()
-        frames += int(mask.sum())
-    return (same / max(frames, 1)).tolist()
-
-
-def summarise(model, wavs: list[np.ndarray]) -> dict:
-    exits, entropy = exits_and_entropy(model, wavs)
-    return {
-        "utterances": len(wavs),
-        "seconds": round(sum(len(w) for w in wavs) / SAMPLE_RATE, 1),
-        "mean_exit_clean": float(exits.float().mean()),
-        "entropy_mean": entropy.mean(0).tolist(),
-        "entropy_percentiles": {str(p): np.percentile(entropy.numpy(), p, axis=0).tolist() for p in PERCENTILES},
-        "agreement": head_agreement(model, wavs),
-    }
 
 
 def espeak_speech(source: str, count: int, min_samples: int) -> list[np.ndarray]:
@@ -112,113 +42,29 @@ def kokoro_speech(count: int, seed: int) -> list[np.ndarray] | None:
 
 
 def measure(args) -> dict:
+    from daisy.analysis import real_speech
     from daisy.apps.demo import shipped_model
     from daisy.model import EarlyExitHubert
 
-    start = time.perf_counter()
-    model = EarlyExitHubert.from_pretrained(args.model or shipped_model()).eval()
-    torch.manual_seed(args.seed)
+    model = EarlyExitHubert.from_pretrained(args.model or shipped_model())
     min_samples = model.backbone.min_samples
-    real = real_set(Path(args.real), min_samples)
-    bands = np.array(real["bands"])
-    snrs = [float(s) for s in args.snrs.split(",")]
-    noises = [n for n in args.noises.split(",") if n]
-
-    def by_band(exits: torch.Tensor) -> dict:
-        out = {"all": float(exits.float().mean())}
-        for band in sorted(set(bands) - {""}):
-            out[band] = float(exits[torch.from_numpy(bands == band)].float().mean())
-        return out
-
-    exits = {"clean": by_band(exits_and_entropy(model, real["wavs"])[0])}
-    for k, kind in enumerate(noises):
-        for s, snr in enumerate(snrs):
-            wavs = noisy(real["wavs"], real["speakers"], kind, snr, seed=args.seed * 1000 + 10 * k + s)
-            exits[f"{kind} {snr:g} dB"] = by_band(exits_and_entropy(model, wavs)[0])
-    sources = {"real": summarise(model, real["wavs"])}
-    sources["real"]["speakers"] = len(set(real["speakers"]))
-    sources["real"]["bands"] = {b: int((bands == b).sum()) for b in sorted(set(bands) - {""})}
-    sources["espeak"] = summarise(model, espeak_speech(args.synthetic, args.synthetic_n, min_samples))
+    synthetic = {"espeak": espeak_speech(args.synthetic, args.synthetic_n, min_samples)}
     wall, cpu = time.perf_counter(), time.process_time()
     spoken = kokoro_speech(args.kokoro, args.seed)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if spoken is not None:
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        sources["kokoro"] = summarise(model, spoken)
+        synthetic["kokoro"] = spoken
+    snrs = [float(s) for s in args.snrs.split(",")]
+    noises = [n for n in args.noises.split(",") if n]
+    result = real_speech.measure(model, args.real, synthetic, noises, snrs, args.seed)
+    if spoken is not None:
         # audio seconds per second of synthesis (session start included); CPU seconds count every thread, so
         # on a shared machine the wall-clock figure understates what the cores alone would give
-        audio_s = sources["kokoro"]["seconds"]
-        sources["kokoro"]["synthesis"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
-        sources["kokoro"]["synthesis"] |= {"x_real_time_wall": round(audio_s / wall, 2)}
-        sources["kokoro"]["synthesis"] |= {"audio_s_per_cpu_s": round(audio_s / cpu, 2)}
-    return {
-        "model": str(args.model or "shipped"),
-        "policy": model.policy.to_dict(),
-        "real_folder": str(args.real),
-        "noises": noises,
-        "snrs": snrs,
-        "exits": exits,
-        "sources": sources,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-
-
-def table(result: dict) -> list[str]:
-    """The result as markdown tables: exits per condition, entropy per layer, head agreement."""
-    policy = result["policy"]
-    bands = list(result["exits"]["clean"])
-    lines = [f"Policy: {policy['name']}, " + ", ".join(f"{k} {v}" for k, v in policy.items() if k != "name"), ""]
-    lines += ["| real speech | " + " | ".join(f"mean exit ({b})" for b in bands) + " |"]
-    lines += ["|---" * (len(bands) + 1) + "|"]
-    for condition, row in result["exits"].items():
-        lines.append(f"| {condition} | " + " | ".join(f"{row[b]:.2f}" for b in bands) + " |")
-    sources = result["sources"]
-    layers = len(sources["real"]["entropy_mean"])
-    lines += ["", "Head entropy (nats), mean [p10, p90] over utterances:", ""]
-    lines += ["| source | utts | exit (clean) | " + " | ".join(f"layer {i}" for i in range(1, layers + 1)) + " |"]
-    lines += ["|---" * (layers + 3) + "|"]
-    for name, src in sources.items():
-        p10, p90 = src["entropy_percentiles"]["10"], src["entropy_percentiles"]["90"]
-        cells = [f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in zip(src["entropy_mean"], p10, p90)]
-        lines.append(f"| {name} | {src['utterances']} | {src['mean_exit_clean']:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", "Consecutive-head agreement (share of frames where heads l and l+1 pick the same class):", ""]
-    lines += ["| source | " + " | ".join(f"{i}-{i + 1}" for i in range(1, layers)) + " |"]
-    lines += ["|---" * layers + "|"]
-    for name, src in sources.items():
-        lines.append(f"| {name} | " + " | ".join(f"{a:.2f}" for a in src["agreement"]) + " |")
-    return lines
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from daisy.io import save_figure
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    ax = axes[0]
-    clean = result["exits"]["clean"]["all"]
-    for kind in result["noises"]:
-        ys = [clean] + [result["exits"][f"{kind} {snr:g} dB"]["all"] for snr in result["snrs"]]
-        ax.plot(["clean"] + [f"{snr:g}" for snr in result["snrs"]], ys, marker="o", label=kind)
-    layers = len(result["sources"]["real"]["entropy_mean"])
-    ax.set(title="Real speech: mean exit layer", xlabel="SNR (dB)", ylabel="mean exit layer", ylim=(0.5, layers + 0.5))
-    ax.legend()
-    threshold = result["policy"].get("threshold")
-    for name, src in result["sources"].items():
-        layers = np.arange(1, len(src["entropy_mean"]) + 1)
-        (line,) = axes[1].plot(layers, src["entropy_mean"], marker="o", label=name)
-        pct = src["entropy_percentiles"]
-        axes[1].fill_between(layers, pct["10"], pct["90"], color=line.get_color(), alpha=0.15)
-        axes[2].plot(layers[:-1] + 0.5, src["agreement"], marker="o", label=name)
-    if isinstance(threshold, (int, float)):
-        axes[1].axhline(threshold, color="k", linestyle="--", linewidth=1, label="policy threshold")
-    axes[1].set(title="Head entropy (mean, p10-p90)", xlabel="layer", ylabel="nats")
-    axes[1].legend()
-    axes[2].set(title="Consecutive-head agreement", xlabel="between layers l and l+1", ylabel="share of frames")
-    axes[2].legend()
-    save_figure(fig, path)
+        kokoro = result["sources"]["kokoro"]
+        kokoro["synthesis"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+        kokoro["synthesis"] |= {"x_real_time_wall": round(kokoro["seconds"] / wall, 2)}
+        kokoro["synthesis"] |= {"audio_s_per_cpu_s": round(kokoro["seconds"] / cpu, 2)}
+    return {"model": str(args.model or "shipped"), **result}
 
 
 def main() -> None:
@@ -234,8 +80,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/real_speech"))
     args = parser.parse_args()
 
+    from daisy.analysis import real_speech
     from daisy.data.noise import NOISE_TYPES
-    from daisy.io import atomic_path, write_json
 
     for kind in args.noises.split(","):
         if kind not in NOISE_TYPES:
@@ -245,13 +91,7 @@ def main() -> None:
     except ValueError:
         parser.error(f"--snrs must be numbers in dB, comma-separated; got {args.snrs!r}")
     result = measure(args)
-    lines = table(result)
-    print("\n".join(lines))
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", result)
-    with atomic_path(args.out / "table.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    plot(result, args.out / "real_speech.png")
+    print("\n".join(real_speech.write(result, args.out)))
     print(f"results, table and plot in {args.out} ({result['seconds']:.0f} s)")
 
 

@@ -1,4 +1,5 @@
-"""The real-speech dev set (benchmarks/real_speech/) and its measurement (benchmarks/real_speech.py)."""
+"""The real-speech dev set (benchmarks/real_speech/) and its measurement (daisy.analysis.real_speech, run by
+benchmarks/real_speech.py)."""
 
 import importlib.util
 import io
@@ -14,6 +15,7 @@ import torch
 
 from conftest import random_early_exit
 from daisy import audio
+from daisy.analysis import real_speech
 from daisy.calibration import trace_scores
 from daisy.data.noise import snr_db
 from daisy.data.sources import load_all, utterances
@@ -31,7 +33,6 @@ def load_script(path: Path):
 
 
 build = load_script(BENCHMARKS / "real_speech" / "build.py")
-bench = load_script(BENCHMARKS / "real_speech.py")
 
 
 def tone(seconds: float, freq: float = 300.0, rate: int = 16000) -> np.ndarray:
@@ -93,9 +94,9 @@ def test_noise_is_at_the_snr_and_babble_comes_from_other_speakers():
     wavs = [tone(1.0, 440), tone(1.2, 440)] + [tone(1.0 + 0.1 * i, f) for i, f in enumerate((900, 1300, 1700, 2100))]
     speakers = ["a", "a", "b", "c", "d", "e"]
     for kind in ("white", "babble"):
-        mixed = bench.noisy(wavs, speakers, kind, 5.0, seed=0)
+        mixed = real_speech.noisy(wavs, speakers, kind, 5.0, seed=0)
         assert all(abs(snr_db(c, m) - 5.0) < 1e-3 for c, m in zip(wavs, mixed))
-    babble = bench.noisy(wavs, speakers, "babble", 0.0, seed=0)[0] - wavs[0]
+    babble = real_speech.noisy(wavs, speakers, "babble", 0.0, seed=0)[0] - wavs[0]
     spectrum = np.abs(np.fft.rfft(babble))
     freqs = np.fft.rfftfreq(len(babble), 1 / 16000)
     assert spectrum[np.abs(freqs - 440) < 20].max() < 0.01 * spectrum.max()  # not speaker a's other utterance
@@ -109,7 +110,7 @@ def test_head_agreement_counts_frames_where_neighbours_pick_the_same_class():
             head.weight.zero_()
             head.bias.zero_()
             head.bias[0 if layer <= 2 else 1] = 1.0  # layers 1-2 always pick class 0, later ones class 1
-    assert bench.head_agreement(model, wavs) == [1.0, 0.0]
+    assert real_speech.head_agreement(model, wavs) == [1.0, 0.0]
 
 
 def test_benchmark_writes_exits_entropies_and_agreement(tmp_path):
