@@ -214,7 +214,7 @@ class EarlyExitHubert(nn.Module):
         if policy is None:
             last, which = num_layers, ("entropy", "confidence")
         else:
-            policy.require(("entropy", "confidence") + (() if targets is None else ("loss",)))
+            policy.require(("entropy", "confidence", "frames") + (() if targets is None else ("loss",)))
             last, which = policy.last_layer(num_layers), policy.needs
         exit_layers = torch.full((batch,), last, dtype=torch.long, device=x.device)
         scoring = bool(which) or targets is not None  # whether any head runs at all
@@ -247,6 +247,8 @@ class EarlyExitHubert(nn.Module):
                 break
             if not decides:
                 continue
+            if "frames" in policy.needs:  # a batch-level rule pools the valid frames of those still running
+                layer_scores["frames"] = mask.sum(1)
             stop = policy.decide(layer, layer_scores)
             if not bool(stop.any()):
                 continue

@@ -7,6 +7,12 @@ left exits (the model's last layer, or a fixed policy's layer); `reads(layer)` s
 before it the policy decides, and only there is `decide` called, answering a (B,) bool tensor: exit
 now. A policy that needs no score (fixed) decides nothing. It never sees hidden states.
 
+Entropy policies decide per utterance by default. `decide_per="batch"` is the rule of DAISY's own code
+instead: after layer l the whole batch exits together once the mean entropy over all the batch's valid
+(unpadded) frames, pooled across utterances, falls to the threshold; it also reads `frames`, each
+utterance's valid frame count (B,), to pool them. Its exits depend on the batch-mates, so over a stored
+trace they are taken batch by batch (`exit_layers_in_batches`).
+
 The same policy applied to a stored trace of scores (`exit_layers`) gives the exits that the live,
 compacting model produces; sweeps over thresholds use that. Fields are checked when a policy is made
 (a NaN, infinite or out-of-range threshold is a ValueError naming it), so daisy.json, the CLI and
@@ -55,17 +61,20 @@ class Policy:
     def exit_layers(self, trace: dict[str, torch.Tensor]) -> torch.Tensor:
         """Exit layer (1-based) per utterance from a trace of scores, each (B, L); the trace may hold more
         scores than the policy reads (`calibration.trace_scores` gives all of them)."""
-        if not trace:
+        per_layer = [v for v in trace.values() if v.dim() == 2]
+        if not per_layer:
             raise ValueError("an empty trace: no scores to apply the policy to")
         self.require(trace)
-        batch, num_layers = next(iter(trace.values())).shape
+        batch, num_layers = per_layer[0].shape
         last = self.last_layer(num_layers)
         exits = torch.full((batch,), last, dtype=torch.long)
         running = torch.ones(batch, dtype=torch.bool)
         for layer in range(1, last):
             if not self.reads(layer):
                 continue
-            stop = self.decide(layer, {k: trace[k][:, layer - 1] for k in self.needs}) & running
+            # per-layer scores (B, L) at this layer; per-utterance ones (B,), such as frames, as they are
+            at_layer = {k: trace[k][:, layer - 1] if trace[k].dim() == 2 else trace[k] for k in self.needs}
+            stop = self.decide(layer, at_layer) & running
             exits[stop] = layer
             running &= ~stop
         return exits
@@ -100,12 +109,17 @@ def _check_min_layer(policy: Policy, num_layers: int) -> None:
         raise ValueError(f"{policy.name} policy: min_layer {policy.min_layer} outside 1..{num_layers}")
 
 
+DECIDE_PER = ("utterance", "batch")
+
+
 @dataclass
 class Entropy(Policy):
-    """DAISY: exit once head entropy (nats) falls to the threshold (one value, or one per layer)."""
+    """DAISY: exit once head entropy (nats) falls to the threshold (one value, or one per layer); per
+    utterance, or (`decide_per="batch"`, DAISY's code) the whole batch at once on its pooled frames."""
 
     threshold: float | list[float]
     min_layer: int = 1
+    decide_per: str = "utterance"
     name = "entropy"
     needs = ("entropy",)
 
@@ -119,9 +133,32 @@ class Entropy(Policy):
         else:
             self.threshold = _finite(self.name, "threshold", self.threshold, what=" (nats) or a list of them")
         self.min_layer = _whole(self.name, "min_layer", self.min_layer)
+        if self.decide_per not in DECIDE_PER:
+            raise ValueError(f"{self.name} policy: decide_per must be 'utterance' or 'batch', got {self.decide_per!r}")
+        self.needs = ("entropy", "frames") if self.decide_per == "batch" else ("entropy",)
 
     def decide(self, layer, scores):
-        return scores["entropy"] <= _threshold_at(self.threshold, layer)
+        entropy, threshold = scores["entropy"], _threshold_at(self.threshold, layer)
+        if self.decide_per == "utterance":
+            return entropy <= threshold
+        # DAISY's rule: the mean over every valid frame of the batch (utterance means weighted by their frames)
+        frames = scores["frames"].to(entropy.dtype)
+        pooled = torch.linalg.vecdot(entropy, frames) / frames.sum()
+        return (pooled <= threshold).expand_as(entropy)
+
+    def require(self, available):
+        if self.decide_per == "batch" and "frames" not in available and "entropy" in available:
+            raise ValueError(
+                f"the {self.name} policy deciding per batch pools the batch's frames: give each utterance's valid "
+                "frame count as 'frames' (B,) beside the scores"
+            )
+        super().require(available)
+
+    def to_dict(self):
+        spec = super().to_dict()
+        if self.decide_per == "utterance":  # the default is left out: policies saved without it read the same
+            del spec["decide_per"]
+        return spec
 
     def reads(self, layer):
         return layer >= self.min_layer
@@ -270,6 +307,41 @@ def _bisect_budget(entropy: torch.Tensor, target_depth: float, per_layer: bool, 
         else:
             hi = mid
     return policy_for(hi)
+
+
+def exit_layers_in_batches(policy: Policy, trace: dict[str, torch.Tensor], groups) -> torch.Tensor:
+    """Exit layer per utterance of a trace (name -> (N, L), or (N,) for `frames`) whose utterances the live
+    model runs in `groups` (lists of row indices, e.g. `daisy.data.batching.batches`' first items): a
+    batch-level rule decides for each group as the live model does for that batch."""
+    exits = torch.zeros(len(next(iter(trace.values()))), dtype=torch.long)
+    for idx in groups:
+        exits[idx] = policy.exit_layers({k: v[idx] for k, v in trace.items()})
+    return exits
+
+
+def calibrate_batch_rule(
+    entropy: torch.Tensor, frames: torch.Tensor, groups, target_depth: float, min_layer: int = 1
+) -> Entropy:
+    """DAISY's batch-level entropy rule (`decide_per="batch"`) whose mean exit depth over the utterances of
+    `groups` (entropy (N, L), frames (N,)) is the closest to `target_depth` it can reach (a batch exits
+    as one, so few depths are reachable); of two equally close, the deeper. Thresholds lie midway between
+    the pooled entropies the batches see, so a live run's rounding does not move an exit."""
+    num_layers = entropy.shape[1]
+    if not 1 <= min_layer <= target_depth <= num_layers:
+        raise ValueError(f"target depth {target_depth} outside {min_layer}..{num_layers} (min_layer {min_layer})")
+    weights = frames.to(entropy.dtype)
+    pooled = torch.stack([weights[idx] @ entropy[idx] / weights[idx].sum() for idx in groups])  # (G, L)
+    seen = pooled[:, min_layer - 1 : num_layers - 1].flatten().unique()  # the layers where a batch can exit
+    if not len(seen):  # min_layer is the last layer: nobody exits before it whatever the threshold
+        return Entropy(threshold=0.0, min_layer=min_layer, decide_per="batch")
+    candidates = [float(seen[0]) - 1.0] + ((seen[1:] + seen[:-1]) / 2).tolist() + [float(seen[-1]) + 1.0]
+    trace, rows = {"entropy": entropy, "frames": frames}, [i for idx in groups for i in idx]
+    depths = {}
+    for threshold in candidates:
+        policy = Entropy(threshold=threshold, min_layer=min_layer, decide_per="batch")
+        depths[threshold] = exit_layers_in_batches(policy, trace, groups)[rows].float().mean().item()
+    best = min(candidates, key=lambda t: (abs(depths[t] - target_depth), -depths[t]))
+    return Entropy(threshold=best, min_layer=min_layer, decide_per="batch")
 
 
 POLICIES = {cls.name: cls for cls in (Entropy, Budget, Confidence, Fixed, Oracle)}

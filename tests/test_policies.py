@@ -115,11 +115,11 @@ def test_a_policy_that_does_not_fit_the_model_is_refused_when_set():
 def test_policy_fields_that_do_not_fit_are_named():
     for spec, problem in [
         ({"name": "fixed", "threshold": 1.0}, "policy 'fixed' has no field threshold (it takes layer)"),
-        ({"name": "entropy"}, "policy 'entropy' needs threshold (it takes threshold, min_layer)"),
+        ({"name": "entropy"}, "policy 'entropy' needs threshold (it takes threshold, min_layer, decide_per)"),
         # a budget's field on another policy says whose it is
         (
             {"name": "entropy", "threshold": 1.0, "target_depth": 3.0},
-            "policy 'entropy' has no field target_depth (it takes threshold, min_layer); "
+            "policy 'entropy' has no field target_depth (it takes threshold, min_layer, decide_per); "
             "target_depth is the budget policy's",
         ),
         ("entropy", "a policy is a mapping"),
