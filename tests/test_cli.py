@@ -283,9 +283,16 @@ def test_pretrain_label_options_fail_in_one_line(model_dir, tmp_path):
     args = ["pretrain", "--out", str(tmp_path / "norm"), "--normalize", "--init-from", str(model_dir)]
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "already holds step 3 of this run: resume it without --init-from" in result.output
-    # shipping needs the run's state
+    # shipping needs a run folder, and its state where no exported model of it is given
     result = runner.invoke(app, ["ship", "--run", str(tmp_path / "new"), "--out", str(tmp_path / "shipped")])
+    assert result.exit_code == 1 and "no log.json" in result.output and "Traceback" not in result.output
+    (tmp_path / "new").mkdir(exist_ok=True)
+    (tmp_path / "new" / "log.json").write_text('{"config": {}, "log": []}')
+    args = ["ship", "--run", str(tmp_path / "new"), "--out", str(tmp_path / "shipped"), "--no-neural-speech"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 1 and "no checkpoint.json" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, [*args, "--base", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "--base" in result.output and "no such folder" in result.output
 
 
 def test_bench_times_a_model_on_a_folder_and_writes_consistent_ratios(model_dir, wavs, tmp_path):

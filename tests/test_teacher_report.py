@@ -1,6 +1,7 @@
 """Teacher figures for the model card: per-layer frame features and the linear CTC character probe."""
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import random_early_exit
@@ -129,3 +130,39 @@ def test_speaker_levels_compare_the_spread_between_and_within_speakers():
         "between_speakers_std_db": 10.0,
         "within_speaker_std_db": 0.0,
     }
+
+
+def test_the_card_shows_exits_on_real_recordings_and_how_its_heads_were_trained(tmp_path):
+    import json
+
+    from daisy.analysis.real_speech import measure
+    from daisy.apps.ship import REAL_SPEECH, NeuralSpeech, write_card
+
+    model = random_early_exit()
+    result = measure(model, REAL_SPEECH, {}, ["white", "babble"], [0.0])
+    assert list(result["exits"]) == ["clean", "white 0 dB", "babble 0 dB"]
+    assert all(1 <= row["all"] <= model.num_layers for row in result["exits"].values())
+    card = json.loads(open("daisy/assets/hubert-tiny-synth/card.json").read())
+    card["figures"]["real_speech"] = result
+    card["neural_speech"], card["base"] = vars(NeuralSpeech()), "daisy/assets/hubert-tiny-synth"
+    card["head_training"] = {"steps": 1500}
+    write_card(tmp_path / "card.md", card, "")
+    text = (tmp_path / "card.md").read_text()
+    assert "## Real recordings" in text and f"| white 0 dB | {result['exits']['white 0 dB']['all']:.2f} |" in text
+    assert "--base daisy/assets/hubert-tiny-synth --out" in text and "calibrated on 100 other Kokoro" in text
+    card["neural_speech"] = None
+    del card["figures"]["real_speech"]
+    write_card(tmp_path / "plain.md", card, "")
+    plain = (tmp_path / "plain.md").read_text()
+    assert "--no-neural-speech" in plain and "## Real recordings" not in plain
+
+
+def test_neural_speech_mix_reaches_its_share_and_refuses_bad_settings():
+    from daisy.apps.ship import NeuralSpeech
+
+    mix = NeuralSpeech(share=0.25).mix(["e"] * 900, ["k"] * 100)
+    assert mix.count("k") == 300 and mix.count("e") == 900
+    with pytest.raises(ValueError, match="share"):
+        NeuralSpeech(share=1.0)
+    with pytest.raises(ValueError, match="heard"):
+        NeuralSpeech(heard=0)

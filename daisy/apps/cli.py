@@ -26,6 +26,8 @@ DATA_HELP = (
     "'synthetic' (the embedded corpus), a corpus folder with manifest.jsonl, a folder of audio files, "
     "or hf:PATH (a dataset saved with HF datasets' save_to_disk)"
 )
+DEVICE_HELP = "torch device the model runs on: auto (cuda where torch sees one, else cpu), cpu, cuda, cuda:1, ..."
+PRECISION_HELP = "fp32, or bf16: bfloat16 autocast on the model's matrix products (exit decisions stay float32)"
 
 
 @app.callback()
@@ -97,6 +99,22 @@ def _check_device(option: str, device: str) -> None:
         fail(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         fail(f"{option} {device}: this machine has no MPS device; use --device cpu")
+
+
+def _device(option: str, device: str) -> str:
+    """`device` with auto resolved (cuda where torch sees one, else cpu), checked before any work."""
+    from daisy.precision import resolve_device
+
+    device = resolve_device(device)
+    _check_device(option, device)
+    return device
+
+
+def _precision(precision: str) -> None:
+    from daisy.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def _override_policy(early, policy: str | None, threshold: float | None, layer: int | None) -> None:
@@ -216,7 +234,7 @@ def pretrain(
         None, help="scale each input to zero mean, unit variance (fairseq's normalize): no level sensitivity"
     ),
     time_limit: float = typer.Option(None, help="stop (with a checkpoint) after this many minutes; rerun resumes"),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     labels_from: Path = typer.Option(
         None, help="HuBERT iteration 2: labels from k-means on a layer of this model (e.g. iteration 1's RUN/model)"
     ),
@@ -235,7 +253,7 @@ def pretrain(
     from daisy.training.pretrain import pretrain as run
     from daisy.training.pretrain_state import check_resume
 
-    _check_device("--device", device)
+    device = _device("--device", device)
     config = PretrainConfig.quick() if quick else PretrainConfig()
     if config_json:
         try:
@@ -295,6 +313,8 @@ def train_heads_cmd(
         None, help="factorise each head through this many dimensions (cheaper; default: DAISY's full Linear)"
     ),
     depth: float = typer.Option(None, help="calibrate the entropy policy to this mean depth (default 60 % of L)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
 ):
     """Train DAISY's per-layer exit heads with the backbone frozen, then calibrate on the dev split.
     Rerunning with the same --out resumes from its checkpoint (out/heads_checkpoint.json)."""
@@ -302,9 +322,12 @@ def train_heads_cmd(
 
     from daisy.calibration import calibrate_model, recalibrate_tasks, trace_scores
     from daisy.data.sources import load_all, utterances
+    from daisy.precision import inference
     from daisy.training.train_heads import HeadTrainConfig, check_resume, prepare_model, train_heads
 
     _finite("--depth", depth)  # before the model and the audio are read
+    device = _device("--device", device)
+    _precision(precision)
     try:
         config = HeadTrainConfig.quick() if quick else HeadTrainConfig()
         config = replace(config, steps=config.steps if steps is None else steps, noise_prob=noise_prob)
@@ -318,7 +341,7 @@ def train_heads_cmd(
             )
         train = load_all(utterances(data, "train", quick))
         dev = load_all([u for u in utterances(data, "dev", quick) if u.split == "dev"])  # a plain folder has none
-        early = prepare_model(model, head_input or "ffn", classes or 100, train, head_rank)
+        early = prepare_model(model, head_input or "ffn", classes or 100, train, head_rank).to(device)
         depth = 0.6 * early.num_layers if depth is None else depth
         if not 1 <= depth <= early.num_layers:
             raise ValueError(f"--depth {depth:g} outside 1..{early.num_layers} (the model's layers)")
@@ -330,14 +353,16 @@ def train_heads_cmd(
         err.print(f"{data} has no dev split: calibrating on 50 of the training utterances", highlight=False)
         dev = train[:50]
     try:
-        train_heads(early, train, out_dir, config)
+        with inference(device, precision):  # the frozen model's pass; the heads' steps stay float32
+            train_heads(early, train, out_dir, config)
     except ValueError as e:  # another run holds the folder
         fail(str(e))
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process writes the model
         return
-    entropy = trace_scores(early, dev)["entropy"]  # one trace of the new heads for every calibration
-    calibrate_model(early, dev, depth, entropy=entropy)
-    kept = recalibrate_tasks(early, dev, entropy)  # a daisy model's own task policies, for its new heads
+    with inference(device, precision):
+        entropy = trace_scores(early, dev)["entropy"]  # one trace of the new heads for every calibration
+        calibrate_model(early, dev, depth, entropy=entropy)
+        kept = recalibrate_tasks(early, dev, entropy)  # a daisy model's own task policies, for its new heads
     early.save_pretrained(out_dir / "model")
     _report_calibration(out_dir / "model", early)
     for task in early.tasks:
@@ -373,15 +398,20 @@ def calibrate(
         None, help="save the thresholds as this task's own policy (e.g. asr), leaving the model's policy as it is"
     ),
     quick: bool = typer.Option(False, help="the small corpus, for tests"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
 ):
     """Fit entropy thresholds on held-out audio to a depth, compute or agreement target; saved into daisy.json."""
     from daisy.calibration import calibrate_agreement, calibrate_model, check_agreement
     from daisy.compute import depth_for_share
     from daisy.data.sources import load_all, utterances
     from daisy.model import EarlyExitHubert, stored_dtype
+    from daisy.precision import inference
 
     if [depth, compute, agreement].count(None) != 2:
         fail("give exactly one of --depth, --compute or --agreement")
+    device = _device("--device", device)
+    _precision(precision)
     for option, value in (("--depth", depth), ("--compute", compute), ("--rare-exits", rare_exits)):
         _finite(option, value)
     _at_least("--min-layer", min_layer)
@@ -393,14 +423,15 @@ def calibrate(
         except ValueError as e:
             fail(f"--agreement {agreement:g} --delta {delta:g}: {e}")
     try:
-        early = EarlyExitHubert.from_pretrained(model)
+        early = EarlyExitHubert.from_pretrained(model).to(device)
         wavs = load_all(utterances(data, "dev", quick) or utterances(data, None, quick))
-        if agreement is not None:
-            calibrate_agreement(early, wavs, agreement, delta, min_layer, task)
-        else:
-            if compute is not None:
-                depth = depth_for_share(early.backbone.config, compute)
-            calibrate_model(early, wavs, depth, per_layer, min_layer, task, rare_exits=rare_exits)
+        with inference(device, precision):
+            if agreement is not None:
+                calibrate_agreement(early, wavs, agreement, delta, min_layer, task)
+            else:
+                if compute is not None:
+                    depth = depth_for_share(early.backbone.config, compute)
+                calibrate_model(early, wavs, depth, per_layer, min_layer, task, rare_exits=rare_exits)
     except (OSError, ValueError) as e:
         fail(str(e))
     early.save_pretrained(model, dtype=stored_dtype(model))
@@ -421,6 +452,8 @@ def exit_cmd(
     agreement: bool = typer.Option(
         False, help="also run the full model: each file's share of frames where the exit gives its answer"
     ),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
 ):
     """Run early exit on audio files and print each file's exit layer (files that cannot be read are
     reported on stderr and left out, also from --json; truncated or silent ones get a warning there)."""
@@ -428,10 +461,13 @@ def exit_cmd(
     from daisy.apps.exit_files import exit_files
     from daisy.io import shown
     from daisy.model import EarlyExitHubert
+    from daisy.precision import inference
 
     _finite("--threshold", threshold)
+    device = _device("--device", device)
+    _precision(precision)
     try:
-        early = EarlyExitHubert.from_pretrained(model)
+        early = EarlyExitHubert.from_pretrained(model).to(device)
         if task is not None:
             early.use_task(task)
         _override_policy(early, policy, threshold, layer)
@@ -439,7 +475,8 @@ def exit_cmd(
             early.require_targets("--agreement: this model")  # its answer is its teacher head's argmax
     except (OSError, ValueError) as e:
         fail(str(e))
-    results, errors = exit_files(early, files, agreement)
+    with inference(device, precision):
+        results, errors = exit_files(early, files, agreement)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     else:  # plain lines, never wrapped, for pipes
@@ -478,6 +515,8 @@ def noise_sweep_cmd(
     asr_size: str = typer.Option("cpu", help="ASR probe size: quick, cpu or paper"),
     task: str = typer.Option(None, help="exit under this task's saved policy instead of the model's own"),
     quick: bool = typer.Option(False, help="the small corpus, for tests"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
 ):
     """Exit depth of every utterance at every noise type and SNR: table, CSV/JSON and plots."""
     from daisy import domain
@@ -487,8 +526,11 @@ def noise_sweep_cmd(
     from daisy.downstream.minisuperb import SIZES
     from daisy.io import staged_outputs
     from daisy.model import EarlyExitHubert
+    from daisy.precision import inference
 
     _at_least("--limit", limit)
+    device = _device("--device", device)
+    _precision(precision)
     if asr:
         _at_least("--asr-train", asr_train)
     if asr and asr_size not in SIZES:
@@ -500,7 +542,7 @@ def noise_sweep_cmd(
         fail(str(e))
     _writable_folder("--out", out_dir)  # before the sweep, which takes a while
     try:
-        early = EarlyExitHubert.from_pretrained(model)
+        early = EarlyExitHubert.from_pretrained(model).to(device)
         if task is not None:
             early.use_task(task)
         utts = utterances(audio, "test" if audio == "synthetic" else None, quick)[:limit]
@@ -518,7 +560,7 @@ def noise_sweep_cmd(
             ns.check_audible(train_wavs, [str(u.path) for u in train_utts])
     except (OSError, ValueError) as e:
         fail(str(e))
-    with _locked(out_dir):  # one run at a time into --out
+    with _locked(out_dir), inference(device, precision):  # one run at a time into --out; ASR probes train in fp32
         config = ns.SweepConfig(noises=tuple(kinds), snrs=snrs)
         traced = {}  # with --asr, its test features carry the head scores the sweep needs: no second pass
         try:  # what the checks above cannot see (a silent stretch of a noise file, a policy that needs targets)
@@ -577,6 +619,8 @@ def minisuperb(
     fixed: str = typer.Option(None, help="fixed truncation at these layers (comma-separated; default DAISY's depth)"),
     seed: int = typer.Option(0, help="seed of the probes' initialisation and batches (rerun with others: the spread)"),
     quick: bool = typer.Option(False, help="the quick corpus (tests)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP + "; feature extraction only, the probes train on the CPU"),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP + "; features are cached per precision"),
 ):
     """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC.
     Results are kept per task and setting in --out: a rerun with more tasks, budgets or layers trains
@@ -585,9 +629,12 @@ def minisuperb(
     from daisy.downstream.minisuperb import MiniSuperbConfig, run
     from daisy.downstream.tasks import corpus_tasks, names, parse_corpus_paths, synthetic_tasks
     from daisy.model import EarlyExitHubert
+    from daisy.precision import inference
 
     _at_least("--train", train)
     _at_least("--test", test)
+    device = _device("--device", device)
+    _precision(precision)
     try:
         paths = None if data == "synthetic" else parse_corpus_paths(data)
     except ValueError as e:
@@ -608,7 +655,7 @@ def minisuperb(
         fail(f"--tasks {','.join(chosen)}: --data gives no corpus for {', '.join(sorted(set(chosen) - set(paths)))}")
     source = None
     try:
-        early = EarlyExitHubert.from_pretrained(model)
+        early = EarlyExitHubert.from_pretrained(model).to(device)
         config.check(early.num_layers)
         if paths is None:
             train_u, test_u = utterances(data, "train", quick)[:train], utterances(data, "test", quick)[:test]
@@ -619,7 +666,7 @@ def minisuperb(
             task_data, source, dev = corpora.data, corpora.source, corpora.dev
     except (OSError, ValueError) as e:
         fail(str(e))
-    with _locked(out_dir):  # one run at a time into --out
+    with _locked(out_dir), inference(device, precision):  # one run at a time into --out; probes train in fp32
         summary = run(early, task_data, dev, out_dir, config, source=source)
     from daisy.downstream.minisuperb import markdown
 
@@ -639,13 +686,19 @@ def bench(
     repeats: int = typer.Option(5, help="rounds of timings; medians are reported, with quartiles for the ratios"),
     json_path: Path = typer.Option(None, "--json", help="also write the figures to this JSON file"),
     threads: int = typer.Option(None, help="torch intra-op threads (default: torch's choice, one per core)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
 ):
     """Wall-clock early exit vs full model (and vs transformers) at batch 1 and 16, with the ideal speedup."""
     from daisy.analysis.speed import benchmark
 
+    device = _device("--device", device)
+    _precision(precision)
     try:
         path = str(model) if model else None
-        benchmark(path, preset, classes, audio, depth, utterances, repeats, json_path, threads, head_rank)
+        benchmark(
+            path, preset, classes, audio, depth, utterances, repeats, json_path, threads, head_rank, device, precision
+        )
     except (OSError, ValueError) as e:
         fail(str(e))
 
@@ -655,13 +708,34 @@ def ship(
     run: Path = typer.Option(..., help="pretraining run folder (daisy pretrain --out)"),
     out_dir: Path = typer.Option(..., "--out", help="model directory to write (fp16) with MODEL_CARD.md"),
     head_steps: int = typer.Option(1500, help="exit-head training steps"),
+    base: Path = typer.Option(
+        None, help="an exported model of the run to ship (default: export the run's latest state); heads trained afresh"
+    ),
+    neural_speech: bool = typer.Option(
+        True, help="train the heads on Kokoro speech beside espeak-ng's and calibrate on held-out Kokoro speech"
+    ),
+    real: Path = typer.Option(None, help="folder of real recordings the card measures exits on (default: the dev set)"),
 ):
     """Make a pretraining run the default model: heads, calibration, fp16 weights, figures, model card."""
+    from daisy.apps.ship import REAL_SPEECH, NeuralSpeech
     from daisy.apps.ship import ship as run_ship
 
+    _at_least("--head-steps", head_steps)
+    if not (run / "log.json").is_file():
+        fail(f"--run {run}: no log.json, not a `daisy pretrain` run folder")
+    for option, folder in (("--base", base), ("--real", real)):
+        if folder is not None and not folder.is_dir():
+            fail(f"{option} {folder}: no such folder")
+    if neural_speech:
+        from daisy.data import kokoro
+
+        if not kokoro.available():
+            fail("--neural-speech needs Kokoro: pip install 'daisy-speech[tts]' (or ship with --no-neural-speech)")
+    _writable_folder("--out", out_dir)
     try:
-        card = run_ship(run, out_dir, head_steps)
-    except FileNotFoundError as e:  # a run folder without its state
+        neural = NeuralSpeech() if neural_speech else None
+        card = run_ship(run, out_dir, head_steps, base=base, neural=neural, real=real or REAL_SPEECH)
+    except (FileNotFoundError, ValueError) as e:  # a run folder without its state; a damaged --base
         fail(str(e))
     out.print(f"{out_dir}: teacher {card['figures']['teacher']}", highlight=False)
 
@@ -687,12 +761,19 @@ def demo(
     ),
     train_heads: bool = typer.Option(False, help="train DAISY heads even where the shipped model has them"),
     fresh: bool = typer.Option(False, help="rerun every stage, ignoring earlier outputs"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP + "; training steps stay fp32"),
 ):
     """The main job: corpus, pretrained model, DAISY heads, calibration, evaluation, noise sweep, report."""
     from daisy.apps.demo import DemoConfig, run_demo
 
+    device = _device("--device", device)
+    _precision(precision)
     try:
-        run_demo(out_dir, DemoConfig(quick=quick, pretrain=pretrain, train_heads=train_heads, fresh=fresh))
+        config = DemoConfig(
+            quick=quick, pretrain=pretrain, train_heads=train_heads, fresh=fresh, device=device, precision=precision
+        )
+        run_demo(out_dir, config)
     except ValueError as e:  # another run holds the folder
         fail(str(e))
 
@@ -703,7 +784,9 @@ def asr_exits_cmd(
     data: str = typer.Option(
         "synthetic", help="'synthetic' (the embedded corpus) or asr=PATH: a LibriSpeech folder (train-*, test-*, dev-*)"
     ),
-    out_dir: Path = typer.Option(Path("runs/asr-exits"), "--out", help="folder for results.json, results.md, plots"),
+    out_dir: Path = typer.Option(
+        Path("runs/asr-exits"), "--out", help="folder for results.json, results.md, plots and parts/ (one per system)"
+    ),
     train: int = typer.Option(None, help="training utterances (default 600; --quick 32)"),
     test: int = typer.Option(None, help="test utterances (default 150; --quick 12)"),
     dev: int = typer.Option(None, help="held-out utterances the thresholds are set on (default 100; --quick 12)"),
@@ -715,7 +798,9 @@ def asr_exits_cmd(
     seed: int = typer.Option(0, help="seed of training, noise and probes"),
     quick: bool = typer.Option(False, help="tiny sizes for tests (a minute or two; CERs not meaningful)"),
 ):
-    """CER against compute: DAISY's label-free exits beside supervised early-exit ASR (HuBERT-EE, Wright et al.)."""
+    """CER against compute: DAISY's label-free exits beside supervised early-exit ASR (HuBERT-EE, Wright et al.).
+    Each system's results are kept in --out/parts/ as it finishes: a rerun with the same settings and data
+    reuses them instead of retraining, so a killed run resumes at the system it was on."""
     from dataclasses import replace
 
     from daisy.analysis import asr_exits as ax
@@ -732,6 +817,7 @@ def asr_exits_cmd(
     try:
         training = replace(
             base.train,
+            seed=seed,  # --seed seeds the supervised systems' training too
             **{k: v for k, v in (("steps", steps), ("branch_steps", steps), ("batch_size", batch_size)) if v},
         )
         config = replace(
