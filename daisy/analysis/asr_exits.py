@@ -14,10 +14,14 @@ audio shows where each rule sends it. Every policy reads from layer 1 (DAISY inc
 policies to traces of every layer's scores (`Policy.exit_layers`), which give the live path's exits.
 Compute share counts the backbone (conv front-end + layers run, `daisy.compute.compute_share`), not the
 exit heads or branches of any system.
+Resuming: each system's points and cost land in `out/parts/<method>.json` as soon as they are computed, with a
+fingerprint of the settings and inputs that made them; a rerun reuses a part whose fingerprint matches, so a
+killed run loses at most the system it was on.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from daisy import policies
 from daisy.analysis.asr_per_snr import QualityConfig, training_audio
@@ -36,9 +41,10 @@ from daisy.downstream import tasks as registry
 from daisy.downstream.minisuperb import SIZES, MiniSuperbConfig, evaluate, extract, train_probe
 from daisy.downstream.probes import CharVocab, ctc_greedy_decode
 from daisy.downstream.tasks import TaskData
-from daisy.io import atomic_path, save_figure, write_json
+from daisy.io import atomic_path, run_lock, save_figure, write_json
 from daisy.model import EarlyExitHubert
 from daisy.progress import progress
+from daisy.run_state import audio_identity, fingerprint, plain
 from daisy.supervised_exits import SupervisedExitHubert
 from daisy.training.ctc_exits import RECIPES, CTCTrainConfig, encode_texts, train_recipe
 from daisy.upstream import HubertBackbone
@@ -48,6 +54,7 @@ METHODS = ("daisy", *RECIPES)
 SELECTIONS = {"entropy": ("entropy", policies.Entropy), "posterior": ("confidence", policies.Confidence)}
 SUPERVISED_SELECTIONS = tuple(SELECTIONS)
 DAISY_SELECTIONS = ("entropy",)
+console = Console()
 
 
 @dataclass
@@ -207,6 +214,58 @@ def daisy_points(
     return points, cost
 
 
+# -- parts: one system's points and cost, kept per method so a killed run resumes -----------------------------------
+PARTS_FORMAT = 1  # raise when what a part holds, or how it is made, changes: older parts are then recomputed
+
+
+def part_path(out: str | Path, method: str) -> Path:
+    return Path(out) / "parts" / f"{method}.json"
+
+
+def input_identity(
+    model_dir: str | Path,
+    train: tuple[list[np.ndarray], list[str]],
+    dev_wavs: list[np.ndarray],
+    test: tuple[list[np.ndarray], list[str]],
+    babble_pool: list[np.ndarray] | None = None,
+) -> dict:
+    """What identifies a run's inputs: the model folder's files (not where it lies), each audio set and its texts."""
+    (train_wavs, train_texts), (test_wavs, test_texts) = train, test
+    return {
+        "model": fingerprint(Path(model_dir)),
+        "train": {**audio_identity(list(train_wavs)), "texts": fingerprint(list(train_texts))},
+        "dev": audio_identity(list(dev_wavs)),
+        "test": {**audio_identity(list(test_wavs)), "texts": fingerprint(list(test_texts))},
+        "babble_pool": None if babble_pool is None else audio_identity(list(babble_pool)),  # None: the training audio
+    }
+
+
+def part_settings(method: str, config: AsrExitsConfig) -> dict:
+    """The settings a method's part depends on (not `methods`: adding or dropping a system reuses the others)."""
+    shared = {"thresholds": config.thresholds, "noises": config.noises, "snrs": config.snrs, "seed": config.seed}
+    return {**shared, "probe_size": config.probe_size} if method == "daisy" else {**shared, "train": config.train}
+
+
+def part_key(method: str, config: AsrExitsConfig, inputs: dict) -> str:
+    return fingerprint(PARTS_FORMAT, method, part_settings(method, config), inputs)
+
+
+def read_part(path: Path, method: str, key: str) -> dict | None:
+    """The part at `path` where it was made for `method` under `key`; None where it is missing, unreadable or
+    made under other settings or inputs (it is then recomputed and overwritten)."""
+    try:
+        part = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(part, dict) and part.get("format") == PARTS_FORMAT and part.get("method") == method
+    ok = ok and part.get("key") == key and isinstance(part.get("points"), list) and isinstance(part.get("cost"), dict)
+    return part if ok else None
+
+
+def _say(line: str) -> None:
+    console.print(line, markup=False, highlight=False, soft_wrap=True)  # soft wrap: one line per message in a log
+
+
 # -- the whole comparison ---------------------------------------------------------------------------------------------
 def run(
     model_dir: str | Path,
@@ -218,7 +277,11 @@ def run(
     babble_pool: list[np.ndarray] | None = None,
 ) -> dict:
     """Train every supervised system, sweep every system's thresholds on the test conditions, write
-    results.json, results.md and the plots under `out`; returns the summary written."""
+    results.json, results.md and the plots under `out`; returns the summary written.
+
+    Each system's points and cost are kept in `out/parts/<method>.json` with a fingerprint of the settings
+    and inputs they were made under; a rerun reuses a part with the same fingerprint instead of retraining.
+    `out` is locked for the run (`daisy.io.run_lock`): a second run into it is a ValueError."""
     config = config or AsrExitsConfig()
     (train_wavs, train_texts), (test_wavs, test_texts) = train, test
     if not train_wavs or not test_wavs or not dev_wavs:
@@ -230,38 +293,56 @@ def run(
     pool = list(train_wavs if babble_pool is None else babble_pool)
     if "babble" in config.noises and len(pool) < 4:
         raise ValueError(f"babble mixes 4 other utterances; {len(pool)} training utterances given")
-    early = EarlyExitHubert.from_pretrained(model_dir)
     vocab = CharVocab()
     labels = encode_texts(train_texts, vocab.encode)
-    sweep = config.sweep
-    train_audio = training_audio(train_wavs, sweep, QualityConfig(seed=config.seed), pool)
-    tests = {(k, s): mixed(test_wavs, k, s, sweep, pool) for k, s in conditions(sweep)}
-    refs = [CharVocab.normalise(t) for t in test_texts]
-    points, costs = [], {}
-    if "daisy" in config.methods:
-        found, costs["daisy"] = daisy_points(early, (train_audio, train_texts), dev_wavs, tests, test_texts, config)
-        points += found
-    pretrained = HubertBackbone.from_pretrained(model_dir)
-    for recipe in (m for m in config.methods if m in RECIPES):
-        total = config.train.steps + (config.train.branch_steps or config.train.steps) * (recipe == "hubert-ee")
-        with progress() as bar:
-            task = bar.add_task(f"training {recipe}", total=total)
-            model, cost = train_recipe(
-                recipe, pretrained, train_audio, labels, len(vocab), config.train, lambda _, t=task: bar.advance(t)
-            )
-        costs[recipe] = {**cost.to_dict(), "branch_layers": list(model.branch_layers)}
-        points += supervised_points(recipe, model, dev_wavs, tests, refs, vocab, config)
-    summary = {
-        "config": json_safe(asdict(config)),
-        "model": str(model_dir),
-        "num_layers": early.num_layers,
-        "utterances": {"train": len(train_wavs), "dev": len(dev_wavs), "test": len(test_wavs)},
-        "conditions": [{"noise": k, "snr": "clean" if s is None else s} for k, s in tests],
-        "training": costs,
-        "points": points,
-    }
-    write(summary, out)
+    # DAISY first, then the supervised systems in the order asked
+    order = [m for m in dict.fromkeys(("daisy", *config.methods)) if m in config.methods]
+    with run_lock(out):
+        early = EarlyExitHubert.from_pretrained(model_dir)
+        inputs = input_identity(model_dir, train, dev_wavs, test, babble_pool)
+        keys = {m: part_key(m, config, inputs) for m in order}
+        parts = {m: read_part(part_path(out, m), m, keys[m]) for m in order}
+        for method in (m for m in order if parts[m] is not None):
+            _say(f"{method}: reused from {part_path(out, method)}")
+        todo = [m for m in order if parts[m] is None]
+        sweep = config.sweep
+        if todo:  # the mixed audio only where something is computed
+            train_audio = training_audio(train_wavs, sweep, QualityConfig(seed=config.seed), pool)
+            tests = {(k, s): mixed(test_wavs, k, s, sweep, pool) for k, s in conditions(sweep)}
+            refs = [CharVocab.normalise(t) for t in test_texts]
+        pretrained = HubertBackbone.from_pretrained(model_dir) if set(todo) & set(RECIPES) else None
+        for i, method in enumerate(todo, 1):
+            _say(f"{method}: started ({i} of {len(todo)} to compute)")
+            if method == "daisy":
+                points, cost = daisy_points(early, (train_audio, train_texts), dev_wavs, tests, test_texts, config)
+            else:
+                model, cost = _supervised(method, pretrained, train_audio, labels, len(vocab), config.train)
+                points = supervised_points(method, model, dev_wavs, tests, refs, vocab, config)
+            part = {"format": PARTS_FORMAT, "method": method, "key": keys[method]}
+            part |= {"settings": part_settings(method, config), "inputs": inputs, "points": points, "cost": cost}
+            parts[method] = plain(part)  # as a reused part reads: results.json is the same either way
+            write_json(part_path(out, method), parts[method])
+            _say(f"{method}: done, kept in {part_path(out, method)}")
+        summary = {
+            "config": json_safe(asdict(config)),
+            "model": str(model_dir),
+            "num_layers": early.num_layers,
+            "utterances": {"train": len(train_wavs), "dev": len(dev_wavs), "test": len(test_wavs)},
+            "conditions": [{"noise": k, "snr": "clean" if s is None else s} for k, s in conditions(sweep)],
+            "training": {m: parts[m]["cost"] for m in order},
+            "points": [p for m in order for p in parts[m]["points"]],
+        }
+        write(summary, out)
     return summary
+
+
+def _supervised(recipe, pretrained, wavs, labels, vocab_size, train: CTCTrainConfig):
+    """The model `recipe` trains (with a progress bar) and its cost, branch layers included."""
+    total = train.steps + (train.branch_steps or train.steps) * (recipe == "hubert-ee")
+    with progress() as bar:
+        task = bar.add_task(f"training {recipe}", total=total)
+        model, cost = train_recipe(recipe, pretrained, wavs, labels, vocab_size, train, lambda _: bar.advance(task))
+    return model, {**cost.to_dict(), "branch_layers": list(model.branch_layers)}
 
 
 def json_safe(obj):
