@@ -27,7 +27,7 @@ def trace_scores(
         targets = model.full_answer(padded, lengths) if agreement else None
         trace = model.trace(padded, lengths, targets, keep_states=False)  # scores only: no copies of states
         for name, value in trace.scores.items():
-            out.setdefault(name, torch.zeros(len(wavs), model.num_layers))[idx] = value
+            out.setdefault(name, torch.zeros(len(wavs), model.num_layers))[idx] = value.cpu()  # off any GPU
     return out
 
 

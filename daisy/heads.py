@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from daisy.precision import exact
+
 
 class ExitHeads(nn.Module):
     """`rank` None: DAISY's plain Linear(D, C) per layer. A rank r factorises it as Linear(D, r) then
@@ -49,8 +51,13 @@ class ExitHeads(nn.Module):
         targets are given.
         `weights` = `frame_weights(mask)` may be passed in when the mask is reused across layers.
         """
-        logits = self.logits(layer, features).float()
+        logits = self.logits(layer, features).float()  # under bf16 autocast the head runs in bf16, not its scores
         weights = self.frame_weights(mask) if weights is None else weights
+        with exact(logits.device):
+            return self._scores(logits, weights, targets, which)
+
+    @staticmethod
+    def _scores(logits, weights, targets, which) -> dict[str, torch.Tensor]:
         out = {}
         # On the live path this runs after every layer: few vectorised kernels (log_softmax, exp, vecdot;
         # torch.special.entr is three times slower on CPU) keep it a small share of the layer it scores.

@@ -98,15 +98,16 @@ class Trace:
         """The output the live model gives for these exits; with the `policy` that chose them, its scores too
         (the live model scores only the layers the policy reads)."""
         stacked = torch.stack(self.hidden_states)  # (L+1, B, T, D)
-        depth = torch.arange(stacked.shape[0])[:, None]
+        exit_layers, on = exit_layers.to(stacked.device), stacked.device
+        depth = torch.arange(stacked.shape[0], device=on)[:, None]
         index = torch.minimum(depth, exit_layers[None, :])  # (L+1, B): past the exit, the exit state
-        rows = torch.arange(stacked.shape[1])[None, :]
+        rows = torch.arange(stacked.shape[1], device=on)[None, :]
         states = stacked[index, rows]
         # scored layers, as the live path scores them: up to the exit, never the last (it always exits)
-        layers = torch.arange(1, stacked.shape[0])[None, :]
+        layers = torch.arange(1, stacked.shape[0], device=on)[None, :]
         run = (layers <= exit_layers[:, None]) & (layers < stacked.shape[0] - 1)
         if policy is not None:
-            run &= torch.tensor([policy.reads(layer) for layer in range(1, stacked.shape[0])])
+            run &= torch.tensor([policy.reads(layer) for layer in range(1, stacked.shape[0])], device=on)
         scores = {k: v.masked_fill(~run, float("nan")) for k, v in self.scores.items()}
         return ExitOutput(exit_layers, self.lengths, states[-1], scores, list(states))
 
@@ -200,7 +201,8 @@ class EarlyExitHubert(nn.Module):
         return x, mask
 
     def _run(self, wavs, lengths, targets, policy, keep_states: bool) -> ExitOutput:
-        x, mask = self.embed(wavs, lengths)
+        x, mask = self.embed(wavs, lengths)  # on the weights' device, wherever `wavs` are
+        targets = None if targets is None else targets.to(x.device)
         batch, width, _ = x.shape
         frames = mask.sum(1)
         num_layers = self.num_layers
@@ -233,7 +235,7 @@ class EarlyExitHubert(nn.Module):
                 layer_scores = self.heads.scores(layer, feats, mask, tgt, which, weights)
                 for name, value in layer_scores.items():
                     if name not in scores:
-                        scores[name] = x.new_full((batch, num_layers), float("nan"))
+                        scores[name] = x.new_full((batch, num_layers), float("nan"), dtype=torch.float32)
                     scores[name][active, layer - 1] = value
             if keep_states:
                 full = states[-1].clone()
@@ -307,8 +309,11 @@ class EarlyExitHubert(nn.Module):
         if self.config.targets == "teacher":
             return self.teacher(self.backbone.hidden_states(wavs, lengths)[-1])
         lengths = torch.full((wavs.shape[0],), wavs.shape[1]) if lengths is None else lengths
-        # MFCC, this backbone's layer, or (HuBERT iteration 2) a layer of the codebook's source model
-        return self.kmeans.targets(wavs, lengths, self.backbone, frames=self.backbone.frame_lengths(lengths))
+        # MFCC (on the CPU: the codebook's features are), this backbone's layer, or (HuBERT iteration 2) a layer
+        # of the codebook's source model; returned on the model's device, as the teacher's answer is
+        wavs, lengths = wavs.cpu(), torch.as_tensor(lengths).cpu()
+        ids = self.kmeans.targets(wavs, lengths, self.backbone, frames=self.backbone.frame_lengths(lengths))
+        return ids.to(next(self.heads.parameters()).device)
 
     @torch.no_grad()
     def full_answer(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -103,7 +103,8 @@ class KMeansTargets:
     def assign(self, feats: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """Nearest centre per frame: feats (..., F) -> ids (...)."""
         flat = feats.reshape(-1, feats.shape[-1]).float()
-        ids = torch.cat([torch.cdist(part, self.centers).argmin(-1) for part in flat.split(chunk)])
+        centers = self.centers.to(flat.device)  # layer states come from the model's device, MFCC from the CPU
+        ids = torch.cat([torch.cdist(part, centers).argmin(-1) for part in flat.split(chunk)])
         return ids.reshape(feats.shape[:-1])
 
     def describe(self) -> str:

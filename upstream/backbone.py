@@ -149,7 +149,10 @@ class Backbone(nn.Module):
         conv, as transformers' models do for masked prediction (pretraining, the teacher report)."""
         lengths = check_batch(wavs, lengths, self.min_samples)
         model = self.model
-        wavs = wavs.to(model.feature_projection.projection.weight.dtype)  # float64 from soundfile, fp16, ...
+        weight = model.feature_projection.projection.weight
+        # to the weights' device (callers keep batches on the CPU: `model.to(device)` is all they do) and dtype
+        # (float64 from soundfile, fp16, ...)
+        wavs, lengths = wavs.to(weight.device, weight.dtype), lengths.to(weight.device)
         if self.config.normalize_waveform:
             wavs = normalize_each(wavs, lengths)
         features = model.feature_extractor(wavs).transpose(1, 2)

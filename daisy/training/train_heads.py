@@ -26,6 +26,7 @@ from torch import nn
 from daisy.data.crops import random_crops
 from daisy.io import run_lock, write_json
 from daisy.model import EarlyExitHubert, load_teacher
+from daisy.precision import exact
 from daisy.progress import progress
 from daisy.run_state import (
     ResumeRefused,
@@ -107,6 +108,10 @@ class HeadObjective(nn.Module):
         self.heads = heads
 
     def forward(self, feats: list[torch.Tensor], valid: torch.Tensor, targets: torch.Tensor):
+        with exact(valid.device):  # the heads train in float32, whatever precision the frozen features came in
+            return self._losses([f.float() for f in feats], valid, targets)
+
+    def _losses(self, feats: list[torch.Tensor], valid: torch.Tensor, targets: torch.Tensor):
         total, stats = 0.0, []
         target = targets[valid]
         for layer, f in enumerate(feats, 1):
