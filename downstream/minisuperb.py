@@ -33,6 +33,7 @@ from daisy.downstream.tasks import SIZES, ProbeSize, Task, TaskData  # noqa: F40
 from daisy.features import mfcc
 from daisy.io import atomic_path, save_figure, write_json
 from daisy.model import EarlyExitHubert
+from daisy.precision import autocast_name, exact
 from daisy.progress import progress
 
 # What a feature cache holds (every layer's states, every score the trace gives), in its fingerprint: raise it
@@ -103,6 +104,8 @@ def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None =
     """Every layer's states and every head score of `wavs`; cached as the run state `cache` (its folder and
     name: safetensors + JSON, daisy.run_state) for this model and audio."""
     key = fingerprint(wavs, model) if cache is not None else ""  # hashing only pays where a cache is read
+    if key and (precision := autocast_name(next(model.parameters()).device)) != "fp32":
+        key += f"-{precision}"  # features extracted under bf16 autocast differ: a cache of its own
     if cache is not None and (meta := run_state.read_state_meta(cache.parent, cache.name)) and meta["key"] == key:
         tensors, _ = run_state.load_state(cache.parent, cache.name)
         states = [tensors[f"state.{i}"] for i in range(len(wavs))]
@@ -115,7 +118,7 @@ def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None =
             trace = model.trace(padded, lengths)
             stacked = torch.stack(trace.hidden_states)  # (L+1, B, T, D)
             for row, i in enumerate(idx):
-                states[i] = stacked[:, row, : int(trace.lengths[row])].half().clone()
+                states[i] = stacked[:, row, : int(trace.lengths[row])].to("cpu", torch.float16, copy=True)
             for name, value in trace.scores.items():
                 scores.setdefault(name, torch.zeros(len(wavs), model.num_layers))[idx] = value.float().cpu()
             bar.advance(task, len(idx))
@@ -198,15 +201,16 @@ def train_probe(
     optim = torch.optim.AdamW(probe.parameters(), lr=size.lr)
     rng = np.random.default_rng(config.seed)
     n = len(train_feats.states)
-    for _ in range(task.steps[config.size]):
-        idx = [int(i) for i in rng.choice(n, size=min(size.batch_size, n), replace=False)]
-        states, frames, exits = _collate(train_feats, idx, train_exits)
-        loss = task.loss(probe.head, probe.features(states, exits), frames, idx, train_data)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        if on_step is not None:
-            on_step()
+    with exact("cpu"):  # probes train on the CPU in float32, whatever precision the features were extracted in
+        for _ in range(task.steps[config.size]):
+            idx = [int(i) for i in rng.choice(n, size=min(size.batch_size, n), replace=False)]
+            states, frames, exits = _collate(train_feats, idx, train_exits)
+            loss = task.loss(probe.head, probe.features(states, exits), frames, idx, train_data)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            if on_step is not None:
+                on_step()
     return probe.eval()
 
 
@@ -222,7 +226,8 @@ def evaluate(probe: Probe, task: str | Task, feats: Features, data: TaskData, ex
             states, frames, ex = _collate(feats, idx, exits)
             yield probe.features(states, ex), frames, idx
 
-    return task.evaluate(probe.head, test_batches(), data)
+    with exact("cpu"):  # as they were trained
+        return task.evaluate(probe.head, test_batches(), data)
 
 
 # A task enters the score only where the full model beats MFCC by this share of the larger figure: otherwise the

@@ -38,6 +38,7 @@ from daisy.calibration import trace_scores
 from daisy.compute import compute_share
 from daisy.data.batching import batches
 from daisy.model import EarlyExitHubert
+from daisy.precision import check_precision, inference
 from daisy.upstream.geometry import SAMPLE_RATE
 
 
@@ -50,17 +51,26 @@ def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list
     after transformers' forward), while a real workload calls one of them over and over.
     """
     times = {name: [] for name in fns}
+    device = groups[0][0].device
     for _ in range(repeats):
         total = dict.fromkeys(fns, 0.0)
         for padded, lengths in groups:
             for name, fn in fns.items():
                 fn(padded, lengths)
+                finish(device)
                 start = time.perf_counter()
                 fn(padded, lengths)
+                finish(device)
                 total[name] += time.perf_counter() - start
         for name in fns:
             times[name].append(total[name])
     return times
+
+
+def finish(device: torch.device) -> None:
+    """Wait for `device` to finish its queued work: CUDA runs asynchronously, a timing must not end before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def ratio_quartiles(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -78,14 +88,17 @@ def timed_inside(model: EarlyExitHubert, policy: policies.Policy, groups: list, 
     the policy's decisions: a direct measure of what the heads cost, from one set of calls, so it does not
     suffer the noise of a difference of two timings."""
     inside = 0.0
+    device = groups[0][0].device
 
     def timer(fn):
         def timed(*args, **kwargs):
             nonlocal inside
+            finish(device)
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                finish(device)
                 inside += time.perf_counter() - start
 
         return timed
@@ -100,6 +113,7 @@ def timed_inside(model: EarlyExitHubert, policy: policies.Policy, groups: list, 
             inside, start = 0.0, time.perf_counter()
             for padded, lengths in groups:
                 model(padded, lengths, output_hidden_states=False)
+            finish(device)
             shares.append(inside / (time.perf_counter() - start))
     finally:
         del model.heads.scores
@@ -166,7 +180,8 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
     full_depth = policies.Fixed(layer=model.num_layers)
     rows = []
     for batch_size in (1, 16):
-        groups = [(p, n) for _, p, n in batches(wavs, batch_size)]  # (padded, lengths)
+        device = next(model.parameters()).device  # batches wait there: the timings do not include the copy
+        groups = [(p.to(device), n.to(device)) for _, p, n in batches(wavs, batch_size)]  # (padded, lengths)
 
         def with_policy(policy):
             def fn(padded, lengths):
@@ -176,7 +191,7 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
             return fn
 
         def reference(padded, lengths):
-            attention = (torch.arange(padded.shape[1])[None] < lengths[:, None]).long()
+            attention = (torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]).long()
             return model.backbone.model(padded, attention_mask=attention, output_hidden_states=True)
 
         def front_end(padded, lengths):
@@ -302,10 +317,13 @@ def benchmark(
     json_path: str | None = None,
     threads: int | None = None,
     head_rank: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> list[dict]:
     """Run the benchmark, print its table, optionally write the figures as JSON; returns the rows.
-    `threads` sets torch's intra-op threads for the run (default: torch's own choice). Settings are checked
-    before any work, each error named as its `daisy bench` option."""
+    `threads` sets torch's intra-op threads for the run (default: torch's own choice); `device` is where the
+    model runs (on CUDA each timing waits for the device to finish), in `precision` (`daisy.precision`).
+    Settings are checked before any work, each error named as its `daisy bench` option."""
     for option, value, low in [
         ("--utterances", utterances, 1),
         ("--repeats", repeats, 1),
@@ -317,18 +335,20 @@ def benchmark(
             raise ValueError(f"{option} must be at least {low}, got {value}")
     if depth is not None and not (math.isfinite(depth) and depth >= 1):
         raise ValueError(f"--depth is a mean exit depth in layers, at least 1, got {depth}")
+    check_precision(precision)
     if threads is not None:
         torch.set_num_threads(threads)
-    model = load_model(model_dir, preset, classes, head_rank)
+    model = load_model(model_dir, preset, classes, head_rank).to(device)
     wavs = speech(utterances, audio)
     if model_dir is None:
         spread_like_trained(model, wavs[0])
     read_from = first_read(model) if model_dir else 1
-    rows = run(model, wavs, depth or model.num_layers / 2, repeats, read_from)
+    with inference(device, precision):
+        rows = run(model, wavs, depth or model.num_layers / 2, repeats, read_from)
     columns = {**COLUMNS, **(POLICY_HEAD_COLUMNS if read_from > 1 else {})}
     table = Table(
         title=f"early exit vs full model ({model.num_layers} layers, {len(wavs)} utterances, "
-        f"{torch.get_num_threads()} threads)",
+        f"{torch.get_num_threads()} threads, {device}, {precision})",
         caption=None
         if read_from == 1
         else f"policy's heads: those its own policy reads ({_layers_from(read_from, model)})",
@@ -343,5 +363,5 @@ def benchmark(
 
         rank = "" if head_rank is None else f", head rank {head_rank}"
         name = model_dir or f"random {preset}, C={classes}{rank}"
-        write_json(json_path, {"model": name, "audio": audio, "rows": rows})
+        write_json(json_path, {"model": name, "audio": audio, "device": device, "precision": precision, "rows": rows})
     return rows

@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from daisy.io import atomic_path, run_lock, write_json
+from daisy.precision import exact, inference
 from daisy.run_state import StageRecords, fingerprint
 
 console = Console()
@@ -46,6 +47,8 @@ class DemoConfig:
     depth_fraction: float = 0.6  # calibrate DAISY to this share of the layers on average
     # tasks with an operating point of their own (default: daisy.calibration.TASK_DEPTH_FRACTIONS)
     task_depth_fractions: dict | None = None
+    device: str = "cpu"  # where the models run (pretraining, heads, extraction); probes train on the CPU
+    precision: str = "fp32"  # or "bf16": autocast around all but the training steps (daisy.precision)
 
     def __post_init__(self):
         if self.quick:
@@ -95,7 +98,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict:
         console.print("[bold]> corpus[/bold]")
         corpus = build_corpus(default_cache() / "corpus", corpus_config)
         splits = {s: load_manifest(corpus, s) for s in ("train", "dev", "test")}
-        return _run_stages(out, corpus, splits, config)
+        with inference(config.device, config.precision):  # training steps inside opt out (precision.exact)
+            return _run_stages(out, corpus, splits, config)
 
 
 def _run_stages(out: Path, corpus: Path, splits: dict, config: DemoConfig) -> dict:
@@ -135,7 +139,8 @@ def _base_model(out: Path, splits, config: DemoConfig, stages: _Stages) -> tuple
     key = stages.key("pretraining", recipe)
     if not stages.reuse("pretraining", key, target / "config.json"):
         with stages.making("pretraining", key, {"config": recipe}, clear=out / "pretrain"):
-            pretrain(splits["train"], out / "pretrain", recipe)
+            with exact(config.device):  # pretraining keeps its own precision (bf16 autocast on CUDA only)
+                pretrain(splits["train"], out / "pretrain", recipe, device=config.device)
     return target, key
 
 
@@ -161,12 +166,14 @@ def _heads(out: Path, base: Path, base_key: str, splits, config: DemoConfig, sta
     trains = not (base / "heads.safetensors").is_file() or config.train_heads or config.pretrain
     head_config = (HeadTrainConfig.quick() if config.quick else HeadTrainConfig()) if trains else None
     settings = {"head_training": head_config, "depth": config.depth_fraction, "tasks": config.task_depth_fractions}
+    if config.precision != "fp32":  # heads and calibration run on its features; the later stages key on this one
+        settings["precision"] = config.precision
     key = stages.key("DAISY heads", base_key, settings)
     if stages.reuse("DAISY heads", key, target / "daisy.json"):
-        return EarlyExitHubert.from_pretrained(target), key
+        return EarlyExitHubert.from_pretrained(target).to(config.device), key
     with stages.making("DAISY heads", key, settings, clear=out / "heads"):
         train = load_all(splits["train"])
-        model = prepare_model(base, wavs=train)
+        model = prepare_model(base, wavs=train).to(config.device)
         if head_config is not None:
             train_heads(model, train, out / "heads", head_config)
         calibrate_operating_points(model, load_all(splits["dev"]), config.depth_fraction, config.task_depth_fractions)
