@@ -7,7 +7,9 @@ Upstream settings differ only in their exit layers, applied to the stored trace 
 the live model): the full model, DAISY's calibrated policy (per task: the task's own saved policy
 where the model has one, as DAISY's paper gives each task its threshold), entropy budgets at other
 depths, fixed truncation at DAISY's mean depth, and MFCC features as the baseline. Each (task, setting) result is
-cached as JSON, so an interrupted run resumes.
+cached as JSON, so an interrupted run resumes. Where the model gives its own full-depth answer
+(`calibration.can_answer`), the trace also scores every head against it, and each setting reports its exits'
+agreement: the mean over test utterances of the share of frames where the exit layer's head gives that answer.
 
 Score (MiniSUPERB style): per task, the primary metric normalised between the MFCC baseline (0) and
 the full model (100); the average over tasks.
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from daisy import policies, run_state
+from daisy.calibration import can_answer, exit_agreement
 from daisy.compute import compute_share
 from daisy.data.batching import batches
 from daisy.downstream import tasks as registry
@@ -37,7 +40,9 @@ from daisy.precision import autocast_name, exact
 from daisy.progress import progress
 
 # What a feature cache holds (every layer's states, every score the trace gives), in its fingerprint: raise it
-# when that changes, and caches of the old kind are extracted again
+# when that changes, and caches of the old kind are extracted again. A cache without a score the model now
+# gives (`agreement`, where it answers) is extracted again under the same key: its states, and so the probe
+# results made on them, stand.
 FEATURES_FORMAT = 2
 
 
@@ -83,7 +88,8 @@ class MiniSuperbConfig:
 @dataclass
 class Features:
     """A trace of one input set: states (L+1, T_i, D) fp16 per utterance, and every head score the trace
-    gives, name -> (N, L) (entropy, confidence, ...), so that any policy's exits can be read off it."""
+    gives, name -> (N, L) (entropy, confidence, ...; agreement and loss against the full model's answer where
+    the model gives one), so that any policy's exits, and their agreement, can be read off it."""
 
     states: list[torch.Tensor]
     scores: dict[str, torch.Tensor]
@@ -106,16 +112,18 @@ def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None =
     key = fingerprint(wavs, model) if cache is not None else ""  # hashing only pays where a cache is read
     if key and (precision := autocast_name(next(model.parameters()).device)) != "fp32":
         key += f"-{precision}"  # features extracted under bf16 autocast differ: a cache of its own
+    answers = can_answer(model)  # then every head is scored against the full model's answer too
     if cache is not None and (meta := run_state.read_state_meta(cache.parent, cache.name)) and meta["key"] == key:
         tensors, _ = run_state.load_state(cache.parent, cache.name)
-        states = [tensors[f"state.{i}"] for i in range(len(wavs))]
-        return Features(states, run_state.unprefixed("score.", tensors), key)
+        scores = run_state.unprefixed("score.", tensors)
+        if "agreement" in scores or not answers:  # a cache from before agreement was stored is made again
+            return Features([tensors[f"state.{i}"] for i in range(len(wavs))], scores, key)
     states: list = [None] * len(wavs)
     scores: dict[str, torch.Tensor] = {}
     with progress() as bar:
         task = bar.add_task(f"extracting {cache.stem if cache else 'features'}", total=len(wavs))
         for idx, padded, lengths in batches(wavs, 8):
-            trace = model.trace(padded, lengths)
+            trace = model.trace(padded, lengths, model.full_answer(padded, lengths) if answers else None)
             stacked = torch.stack(trace.hidden_states)  # (L+1, B, T, D)
             for row, i in enumerate(idx):
                 states[i] = stacked[:, row, : int(trace.lengths[row])].to("cpu", torch.float16, copy=True)
@@ -133,6 +141,15 @@ def mfcc_features(wavs: list[np.ndarray]) -> Features:
     """The baseline: MFCC + deltas as a single 'layer' (1, T, 39), frame-aligned with HuBERT's."""
     states = [mfcc(torch.from_numpy(w))[None].half() for w in wavs]
     return Features(states, {}, "mfcc-" + fingerprint(wavs))
+
+
+def mean_agreement(feats: Features, exits: torch.Tensor | None) -> float | None:
+    """The mean over utterances of the share of frames where the exit layer's head gives the full model's answer
+    (`calibration.exit_agreement`: an exit at the last layer is the full model, 1.0); None without exits (MFCC)
+    or without an answer (the model gives none)."""
+    if exits is None or "agreement" not in feats.scores:
+        return None
+    return round(float(exit_agreement(feats.scores["agreement"], exits).mean()), 4)
 
 
 def settings(model: EarlyExitHubert, dev_scores: dict[str, torch.Tensor], config: MiniSuperbConfig) -> dict:
@@ -270,14 +287,25 @@ def score(results: dict[str, dict[str, dict]]) -> dict[str, float]:
 
 
 def markdown(results: dict, scores: dict) -> str:
-    lines = ["| task | setting | metric | value | mean exit depth | compute share |", "|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| task | setting | metric | value | mean exit depth | compute share | agreement |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for task, by_setting in results.items():
         name, _ = registry.get(task).primary
         for setting, r in by_setting.items():
             depth = "-" if r["mean_depth"] is None else f"{r['mean_depth']:.2f}"
             share = "-" if r["compute_share"] is None else f"{r['compute_share']:.2f}"
+            agree = r.get("agreement")
+            agree = "-" if r["mean_depth"] is None else "n/a" if agree is None else f"{agree:.3f}"
             label = f"{setting} ({task}'s own policy)" if r.get("task_policy") else setting
-            lines.append(f"| {task} | {label} | {name} | {r['metrics'][name]:.3f} | {depth} | {share} |")
+            lines.append(f"| {task} | {label} | {name} | {r['metrics'][name]:.3f} | {depth} | {share} | {agree} |")
+    lines += [
+        "",
+        "Agreement: the mean over test utterances of the share of frames where the exit layer's head gives the "
+        "full model's own answer; 1.000 for the full model, whose answer it is; n/a where the model gives no "
+        "answer of its own (a teacher-target model without its teacher head).",
+    ]
     tasks = scored_tasks(results)
     lines += ["", f"| setting | MiniSUPERB-style score over {', '.join(tasks) or 'no task'} (MFCC = 0, full = 100) |"]
     lines += ["|---|---:|", *(f"| {s} | {v:.1f} |" for s, v in sorted(scores.items(), key=lambda kv: -kv[1]))]
@@ -366,16 +394,17 @@ def run(
             own = setting == "daisy" and task in model.tasks  # DAISY runs the task's own policy where it has one
             run_policy = model.task_policy(task) if own else None if setting == "mfcc" else chosen[setting]
             policy = None if run_policy is None else json.loads(json.dumps(run_policy.to_dict()))
+            exits = (None, None)
+            if setting != "mfcc":  # the policy reads any score it needs off the stored trace
+                exits = tuple(run_policy.exit_layers(f.scores) for f in (train_f, test_f))
             # a cached result counts only for the same probe, policy, model and audio (dev included: it calibrates)
             if record.get("config") == probe_key and record.get("policy") == policy and record.get("inputs") == inputs:
+                record["agreement"] = mean_agreement(test_f, exits[1])  # of the same exits: a record may predate it
                 results.setdefault(task, {})[setting] = record
                 bar.advance(overall)
                 continue
             steps = registry.get(task).steps[config.size]
             bar.reset(current, total=steps, description=f"probe {task} / {setting}: steps", visible=True)
-            exits = (None, None)
-            if setting != "mfcc":  # the policy reads any score it needs off the stored trace
-                exits = tuple(run_policy.exit_layers(f.scores) for f in (train_f, test_f))
             result = train_and_evaluate(
                 task,
                 (train_f, data[key]["train"]),
@@ -392,6 +421,7 @@ def run(
                 "metrics": result,
                 "mean_depth": depth,
                 "compute_share": None if depth is None else compute_share(model.backbone.config, depth),
+                "agreement": mean_agreement(test_f, exits[1]),
                 "policy": policy,
                 "task_policy": own,
             }

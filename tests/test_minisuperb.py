@@ -290,3 +290,59 @@ def test_a_confidence_policy_runs_minisuperb_from_the_cli(tmp_path, quick_corpus
     exits = policies.Confidence(threshold=0.6).exit_layers(stored)
     assert daisy["mean_depth"] == pytest.approx(exits.float().mean().item())
     assert "probe sid / daisy" in result.output  # progress lines, as the output is not a terminal
+
+
+# --- agreement with the full model's answer, per setting -------------------------------------------------------
+
+
+def test_each_setting_reports_its_exits_agreement_and_an_old_cache_without_it_is_made_again(
+    tmp_path, quick_corpus, monkeypatch
+):
+    from conftest import random_early_exit
+    from daisy import run_state
+    from daisy.calibration import exit_agreement, trace_scores
+    from daisy.data.corpus import load_manifest
+    from daisy.downstream import minisuperb
+    from daisy.targets import TeacherHead
+
+    model = random_early_exit()  # a teacher-target model without its teacher head gives no answer
+    train, test = load_manifest(quick_corpus, "train")[:24], load_manifest(quick_corpus, "test")[:8]
+    dev = [u.load() for u in load_manifest(quick_corpus, "dev")[:16]]
+    data = synthetic_tasks(train, test, [u.load() for u in train], [u.load() for u in test], tasks=("sid",))
+    config = MiniSuperbConfig(tasks=("sid",), size="quick", budgets=(0.5,), fixed=(1,))
+    bare = run(model, data, dev, tmp_path / "bare", config)["results"]["sid"]
+    assert all(r["agreement"] is None for r in bare.values())
+    rows = (tmp_path / "bare" / "results.md").read_text().splitlines()
+    assert rows[0].endswith("| agreement |") and rows[2].endswith("| - |")  # MFCC: no exits
+    assert all(row.endswith("| n/a |") for row in rows[3:7])
+
+    torch.manual_seed(1)
+    model.teacher = TeacherHead(16, 8, 12)  # now the full model answers
+    # a feature cache, and probe records, from before agreement was stored
+    monkeypatch.setattr(minisuperb, "can_answer", lambda model: False)
+    run(model, data, dev, tmp_path / "o", config)
+    for record in (tmp_path / "o" / "results").iterdir():
+        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "agreement"}))
+    stamps = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "o" / "results").iterdir()}
+    monkeypatch.undo()
+    results = run(model, data, dev, tmp_path / "o", config)["results"]["sid"]
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "o" / "results").iterdir()} == stamps  # probes reused
+    tensors, _ = run_state.load_state(tmp_path / "o" / "features", "clean-test")
+    assert "score.agreement" in tensors  # the old cache was extracted again, with the answer's scores
+
+    scores = trace_scores(model, data["clean"]["test"].inputs, agreement=True)
+    for setting, r in results.items():
+        if setting == "mfcc":
+            assert r["agreement"] is None
+            continue
+        exits = policies.policy_from_dict(r["policy"]).exit_layers(scores)
+        want = exit_agreement(scores["agreement"], exits).mean().item()
+        assert r["agreement"] == pytest.approx(want, abs=1e-4) and 0.0 <= r["agreement"] <= 1.0, setting
+    assert results["full"]["agreement"] == 1.0  # the full model gives its own answer
+    assert results["fixed-1"]["agreement"] < 1.0
+    fixed = next(row for row in (tmp_path / "o" / "results.md").read_text().splitlines() if "| fixed-1 |" in row)
+    assert fixed.endswith(
+        f"| 1.00 | {results['fixed-1']['compute_share']:.2f} | {results['fixed-1']['agreement']:.3f} |"
+    )
+    stored = json.loads((tmp_path / "o" / "results.json").read_text())["results"]["sid"]
+    assert {s: r["agreement"] for s, r in stored.items()} == {s: r["agreement"] for s, r in results.items()}
