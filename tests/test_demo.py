@@ -40,6 +40,19 @@ def test_quick_demo_writes_the_report_and_reruns_cheaply(tmp_path, monkeypatch):
     depth = saved["provenance"]["task_calibration"]["asr"]["target_depth"]
     assert depth == round(0.95 * layers, 6)
     assert f"their own thresholds, as in DAISY's paper: asr {depth:g} layers" in (report / "report.md").read_text()
+    # the shipped model answers (its teacher head): every exit setting reports its agreement with that answer
+    for task, by_setting in probes.items():
+        assert by_setting["mfcc"]["agreement"] is None and by_setting["full"]["agreement"] == 1.0, task
+        assert all(0.0 <= r["agreement"] <= 1.0 for s, r in by_setting.items() if s != "mfcc"), task
+        cached = json.loads((report / "minisuperb" / "results" / f"{task}-daisy.json").read_text())
+        assert by_setting["daisy"]["agreement"] == cached["agreement"]
+    text = (report / "report.md").read_text()
+    sid_daisy = probes["sid"]["daisy"]
+    assert (
+        f"| {sid_daisy['mean_depth']:.2f} | {sid_daisy['compute_share']:.2f} | {sid_daisy['agreement']:.3f} |" in text
+    )
+    assert all(0.0 <= s["agreement"] <= 1.0 for s in stored["noise_sweep"]["summary"])
+    assert "(noise_sweep/agreement_vs_snr.png)" in text and (report / "noise_sweep" / "agreement_vs_snr.png").is_file()
     model_time = (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns
     again = run_demo(tmp_path / "demo", DemoConfig(quick=True))  # every stage reused
     assert (tmp_path / "demo" / "model" / "daisy.json").stat().st_mtime_ns == model_time
@@ -90,6 +103,8 @@ def test_a_stage_reruns_when_its_settings_corpus_or_model_change(tmp_path, monke
     (corpus / "manifest.jsonl").write_text('{"id": "000001", "samples": 16001}\n')  # another corpus (a length)
     assert run(DemoConfig()) == 3
     assert run(DemoConfig(), model_key="m2") == 4  # other heads or base model
+    monkeypatch.setattr(demo, "REPORT_FORMAT", demo.REPORT_FORMAT + 1)  # the report gains a figure
+    assert run(DemoConfig(), model_key="m2") == 5
 
 
 def test_a_training_stage_resumes_under_its_key_and_starts_over_under_another(tmp_path):

@@ -27,6 +27,9 @@ from daisy.run_state import StageRecords, fingerprint
 
 console = Console()
 SHIPPED = "hubert-tiny-synth"
+# What the MiniSUPERB and noise-sweep stages report, in their keys: raise it when a report gains a figure, and
+# a folder made before is reported again (2: each setting's agreement with the full model's answer)
+REPORT_FORMAT = 2
 
 
 def shipped_model() -> Path | None:
@@ -189,6 +192,7 @@ def _minisuperb(out: Path, model, model_key: str, splits, config: DemoConfig, st
     folder = out / "report" / "minisuperb"
     probe = MiniSuperbConfig(size="quick" if config.quick else "cpu")
     settings = {"probe": probe, "train": config.probe_train, "test": config.probe_test, "dev": 100}
+    settings["report"] = REPORT_FORMAT  # stage keys hash settings: an older report is made again
     key = stages.key("MiniSUPERB", model_key, settings)
     if not stages.reuse("MiniSUPERB", key, folder / "results.json"):
         with stages.making("MiniSUPERB", key, settings):  # its probe results keep their own cache
@@ -208,7 +212,7 @@ def _noise_sweep(out: Path, model, model_key: str, splits, config: DemoConfig, s
     from daisy.data.sources import load_all
 
     folder = out / "report" / "noise_sweep"
-    settings = {"sweep": _sweep_config(config), "utterances": config.sweep_utterances}
+    settings = {"sweep": _sweep_config(config), "utterances": config.sweep_utterances, "report": REPORT_FORMAT}
     key = stages.key("noise sweep", model_key, settings)
     if not stages.reuse("noise sweep", key, folder / "noise_sweep.json"):
         with stages.making("noise sweep", key, settings):
@@ -342,6 +346,11 @@ def _write_report(folder: Path, results: dict) -> None:
         "",
         "![exit depth vs SNR](noise_sweep/exit_depth_vs_snr.png)",
         "",
+        *(  # where the model gives its own answer: its exits' agreement with it per condition
+            ["![agreement vs SNR](noise_sweep/agreement_vs_snr.png)", ""]
+            if all(s.get("agreement") is not None for s in sweep["summary"])
+            else []
+        ),
         "![exit layers per SNR](noise_sweep/exit_histogram.png)",
         "",
         "Mean exit depth rises as SNR falls: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in verdict.items()),
@@ -352,7 +361,9 @@ def _write_report(folder: Path, results: dict) -> None:
             "## What the later exits buy: ASR per noise condition",
             "",
             "CER of a CTC probe per setting, each probe trained on the same multi-condition audio: DAISY's exits "
-            "(the model's default policy), fixed truncation at DAISY's clean mean depth, and the full model.",
+            "(the model's default policy), fixed truncation at DAISY's clean mean depth, and the full model. "
+            "DAISY's exits here are the noise sweep's (the same test audio and conditions): their agreement with "
+            "the full model's answer is the sweep table's.",
             "",
             results["asr_per_snr"]["table"],
             "",
