@@ -16,8 +16,11 @@ overhead is also timed inside the full+heads calls (head scoring and exit decisi
 the same calls): it misses what the heads do to the layers around them, but it is not a difference
 of two noisy timings.
 
+`--batch-rule` instead compares, at batch 16, per-utterance compaction against DAISY's own per-batch exit rule
+at the same mean depth (`daisy.analysis.batch_rule`).
+
     daisy bench [--model DIR | --preset base --classes 500 [--head-rank 64]] [--audio synthetic|DIR] [--depth 3.0]
-        [--utterances 32] [--repeats 5] [--threads N] [--json FILE]
+        [--utterances 32] [--repeats 5] [--threads N] [--json FILE] [--batch-rule]
     python benchmarks/speed.py ...   (the same, as a script)
 """
 
@@ -319,8 +322,10 @@ def benchmark(
     head_rank: int | None = None,
     device: str = "cpu",
     precision: str = "fp32",
+    batch_rule: bool = False,
 ) -> list[dict]:
-    """Run the benchmark, print its table, optionally write the figures as JSON; returns the rows.
+    """Run the benchmark, print its table, optionally write the figures as JSON; returns the rows (with
+    `batch_rule`, the one comparison of `daisy.analysis.batch_rule` instead).
     `threads` sets torch's intra-op threads for the run (default: torch's own choice); `device` is where the
     model runs (on CUDA each timing waits for the device to finish), in `precision` (`daisy.precision`).
     Settings are checked before any work, each error named as its `daisy bench` option."""
@@ -342,6 +347,19 @@ def benchmark(
     wavs = speech(utterances, audio)
     if model_dir is None:
         spread_like_trained(model, wavs[0])
+    name = model_dir or f"random {preset}, C={classes}" + ("" if head_rank is None else f", head rank {head_rank}")
+    about = {"model": name, "audio": audio, "device": device, "precision": precision}
+    if batch_rule:
+        from daisy.analysis.batch_rule import compare, print_table
+
+        with inference(device, precision):
+            result = compare(model, wavs, depth or model.num_layers / 2, repeats)
+        print_table(result)
+        if json_path:
+            from daisy.io import write_json
+
+            write_json(json_path, {**about, **result})
+        return [result]
     read_from = first_read(model) if model_dir else 1
     with inference(device, precision):
         rows = run(model, wavs, depth or model.num_layers / 2, repeats, read_from)
@@ -361,7 +379,5 @@ def benchmark(
     if json_path:
         from daisy.io import write_json
 
-        rank = "" if head_rank is None else f", head rank {head_rank}"
-        name = model_dir or f"random {preset}, C={classes}{rank}"
-        write_json(json_path, {"model": name, "audio": audio, "device": device, "precision": precision, "rows": rows})
+        write_json(json_path, {**about, "rows": rows})
     return rows

@@ -688,6 +688,9 @@ def bench(
     threads: int = typer.Option(None, help="torch intra-op threads (default: torch's choice, one per core)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     precision: str = typer.Option("fp32", help=PRECISION_HELP),
+    batch_rule: bool = typer.Option(
+        False, "--batch-rule", help="instead: per-utterance exits vs DAISY's per-batch rule at batch 16, same depth"
+    ),
 ):
     """Wall-clock early exit vs full model (and vs transformers) at batch 1 and 16, with the ideal speedup."""
     from daisy.analysis.speed import benchmark
@@ -697,7 +700,19 @@ def bench(
     try:
         path = str(model) if model else None
         benchmark(
-            path, preset, classes, audio, depth, utterances, repeats, json_path, threads, head_rank, device, precision
+            path,
+            preset,
+            classes,
+            audio,
+            depth,
+            utterances,
+            repeats,
+            json_path,
+            threads,
+            head_rank,
+            device,
+            precision,
+            batch_rule,
         )
     except (OSError, ValueError) as e:
         fail(str(e))
