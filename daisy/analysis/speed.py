@@ -54,7 +54,7 @@ def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list
     after transformers' forward), while a real workload calls one of them over and over.
     """
     times = {name: [] for name in fns}
-    device = groups[0][0].device
+    device = getattr(groups[0][0], "device", None)  # of the batches' tensors
     for _ in range(repeats):
         total = dict.fromkeys(fns, 0.0)
         for padded, lengths in groups:
@@ -70,9 +70,9 @@ def interleaved_seconds(fns: dict, groups: list, repeats: int) -> dict[str, list
     return times
 
 
-def finish(device: torch.device) -> None:
+def finish(device: torch.device | None) -> None:
     """Wait for `device` to finish its queued work: CUDA runs asynchronously, a timing must not end before it."""
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -91,7 +91,7 @@ def timed_inside(model: EarlyExitHubert, policy: policies.Policy, groups: list, 
     the policy's decisions: a direct measure of what the heads cost, from one set of calls, so it does not
     suffer the noise of a difference of two timings."""
     inside = 0.0
-    device = groups[0][0].device
+    device = getattr(groups[0][0], "device", None)  # of the batches' tensors
 
     def timer(fn):
         def timed(*args, **kwargs):
