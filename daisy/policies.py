@@ -319,29 +319,38 @@ def exit_layers_in_batches(policy: Policy, trace: dict[str, torch.Tensor], group
     return exits
 
 
-def calibrate_batch_rule(
-    entropy: torch.Tensor, frames: torch.Tensor, groups, target_depth: float, min_layer: int = 1
+def calibrate_rule(
+    entropy: torch.Tensor,
+    frames: torch.Tensor,
+    groups,
+    target_depth: float,
+    decide_per: str = "batch",
+    min_layer: int = 1,
 ) -> Entropy:
-    """DAISY's batch-level entropy rule (`decide_per="batch"`) whose mean exit depth over the utterances of
-    `groups` (entropy (N, L), frames (N,)) is the closest to `target_depth` it can reach (a batch exits
-    as one, so few depths are reachable); of two equally close, the deeper. Thresholds lie midway between
-    the pooled entropies the batches see, so a live run's rounding does not move an exit."""
+    """The entropy rule deciding per `decide_per` whose mean exit depth over the utterances of `groups` (lists
+    of rows of entropy (N, L) and frames (N,), run as those batches) is the closest to `target_depth` it can
+    reach; of two equally close, the deeper. A batch rule exits each batch as one, so it reaches few depths.
+    One shared threshold, midway between two of the entropies the rule compares (utterance means, or the
+    batches' pooled means), so that a live run's rounding does not move an exit."""
     num_layers = entropy.shape[1]
     if not 1 <= min_layer <= target_depth <= num_layers:
         raise ValueError(f"target depth {target_depth} outside {min_layer}..{num_layers} (min_layer {min_layer})")
-    weights = frames.to(entropy.dtype)
-    pooled = torch.stack([weights[idx] @ entropy[idx] / weights[idx].sum() for idx in groups])  # (G, L)
-    seen = pooled[:, min_layer - 1 : num_layers - 1].flatten().unique()  # the layers where a batch can exit
+    rows = [i for idx in groups for i in idx]
+    if decide_per == "batch":
+        weights = frames.to(entropy.dtype)
+        compared = torch.stack([weights[idx] @ entropy[idx] / weights[idx].sum() for idx in groups])  # (G, L)
+    else:
+        compared = entropy[rows]
+    seen = compared[:, min_layer - 1 : num_layers - 1].flatten().unique()  # at the layers where exits happen
     if not len(seen):  # min_layer is the last layer: nobody exits before it whatever the threshold
-        return Entropy(threshold=0.0, min_layer=min_layer, decide_per="batch")
+        return Entropy(threshold=0.0, min_layer=min_layer, decide_per=decide_per)
     candidates = [float(seen[0]) - 1.0] + ((seen[1:] + seen[:-1]) / 2).tolist() + [float(seen[-1]) + 1.0]
-    trace, rows = {"entropy": entropy, "frames": frames}, [i for idx in groups for i in idx]
-    depths = {}
+    trace, depths = {"entropy": entropy, "frames": frames}, {}
     for threshold in candidates:
-        policy = Entropy(threshold=threshold, min_layer=min_layer, decide_per="batch")
+        policy = Entropy(threshold=threshold, min_layer=min_layer, decide_per=decide_per)
         depths[threshold] = exit_layers_in_batches(policy, trace, groups)[rows].float().mean().item()
     best = min(candidates, key=lambda t: (abs(depths[t] - target_depth), -depths[t]))
-    return Entropy(threshold=best, min_layer=min_layer, decide_per="batch")
+    return Entropy(threshold=best, min_layer=min_layer, decide_per=decide_per)
 
 
 POLICIES = {cls.name: cls for cls in (Entropy, Budget, Confidence, Fixed, Oracle)}

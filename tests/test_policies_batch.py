@@ -131,22 +131,30 @@ def test_exits_over_a_trace_are_taken_batch_by_batch():
     assert exits.tolist() == [1, 3, 3]  # utterance 0 alone exits at once; 1 and 2 pool to 0.73 at layer 3
 
 
-def test_the_batch_rule_is_calibrated_to_the_closest_depth_it_can_reach():
+@pytest.mark.parametrize("decide_per", ["batch", "utterance"])
+def test_a_rule_is_calibrated_to_the_closest_depth_it_can_reach(decide_per):
     torch.manual_seed(0)
     entropy = torch.rand(64, 6).cumsum(1).flip(1)  # falls with depth, like trained heads
     frames = torch.randint(50, 400, (64,))
     groups = [list(range(i, i + 16)) for i in range(0, 64, 16)]
     trace = {"entropy": entropy, "frames": frames}
+    compared = entropy  # the values the rule compares with its threshold
+    if decide_per == "batch":
+        compared = torch.stack([frames[g].float() @ entropy[g] / frames[g].sum() for g in groups])
     reachable = set()
     for target in (1.0, 2.5, 3.0, 4.25, 6.0):
-        policy = policies.calibrate_batch_rule(entropy, frames, groups, target)
+        policy = policies.calibrate_rule(entropy, frames, groups, target, decide_per)
+        assert policy.decide_per == decide_per
         depth = policies.exit_layers_in_batches(policy, trace, groups).float().mean().item()
         reachable.add(depth)
-        # no threshold comes closer: try every pooled entropy, and a little either side
-        pooled = torch.stack([frames[g].float() @ entropy[g] / frames[g].sum() for g in groups]).flatten()
-        for t in torch.cat([pooled, pooled - 1e-4, pooled + 1e-4]).tolist():
-            other = policies.exit_layers_in_batches(batch_rule(t), trace, groups).float().mean().item()
+        # no threshold comes closer: try every value compared, and a little either side
+        values = compared.flatten()
+        for t in torch.cat([values, values - 1e-4, values + 1e-4]).tolist():
+            rule = policies.Entropy(threshold=t, decide_per=decide_per)
+            other = policies.exit_layers_in_batches(rule, trace, groups).float().mean().item()
             assert abs(depth - target) <= abs(other - target) + 1e-9, (target, t)
+        # the threshold lies between two compared values, not on one
+        assert (compared[:, :-1] - policy.threshold).abs().min() > 1e-6
     assert len(reachable) > 2
     with pytest.raises(ValueError, match="target depth 7 outside 1..6"):
-        policies.calibrate_batch_rule(entropy, frames, groups, 7)
+        policies.calibrate_rule(entropy, frames, groups, 7)

@@ -30,9 +30,10 @@ def test_both_rules_are_timed_at_the_same_mean_depth_and_the_batch_exits_togethe
     assert model.policy is own  # left as it was
     rules = result["rules"]
     assert set(rules) == {"full", "utterance", "batch"} and rules["full"]["mean_depth"] == 3.0
-    # the utterance rule is calibrated from below to the depth the batch rule reached: one utterance-layer apart
+    # the utterance rule is calibrated to the depth the batch rule reached: a threshold step moves one utterance's
+    # exit by at most 2 layers (of 3), so the nearest depth is within half of 2 / N
     gap = rules["batch"]["mean_depth"] - rules["utterance"]["mean_depth"]
-    assert 0 <= gap <= 1 / len(wavs) + 1e-6, rules
+    assert abs(gap) <= 1 / len(wavs) + 1e-6, rules
     assert 1.0 < rules["batch"]["mean_depth"] < 3.0  # a depth where both rules have something to decide
     for r in rules.values():
         assert r["utterances_per_s"] == pytest.approx(len(wavs) / r["seconds"])
@@ -42,7 +43,7 @@ def test_both_rules_are_timed_at_the_same_mean_depth_and_the_batch_exits_togethe
     assert result["batch_over_utterance"] > 0 and abs(np.log(result["batch_over_utterance"] / timed)) < np.log(3)
     # the saved batch rule, run live on the same batches: each batch exits at one layer
     batch_rule = policies.policy_from_dict(result["policies"]["batch"])
-    assert batch_rule.decide_per == "batch" and result["policies"]["utterance"]["name"] == "budget"
+    assert batch_rule.decide_per == "batch" and "decide_per" not in result["policies"]["utterance"]
     model.policy = batch_rule
     exits = []
     with torch.inference_mode():

@@ -7,11 +7,12 @@ length-sorted batches (of 16 by default), this times:
   full        the model at full depth, no heads
   utterance   the per-utterance entropy rule with compaction
   batch       DAISY's per-batch rule
-Both rules read every head. The batch rule is calibrated first, to the mean depth nearest the target that
-it can reach (a batch exits as one, so few depths are reachable), then the utterance rule to that depth
-(from below, in steps of one utterance-layer), so both do about the same work; their live mean and
-frame-weighted depths are printed. `ideal` is the time ratio that the frame-weighted depths alone predict,
-t_front + (d / L)(t_full - t_front) for each rule, as in `daisy bench`'s ideal speedup.
+Both rules read every head and have one shared threshold (`policies.calibrate_rule`). The batch rule is
+calibrated first, to the mean depth nearest the target that it can reach (a batch exits as one, so few
+depths are reachable), then the utterance rule to the depth nearest that one it reaches (a threshold step
+moves one utterance's exit); their live mean and frame-weighted depths are printed. `ideal` is the time
+ratio that the frame-weighted depths alone predict, t_front + (d / L)(t_full - t_front) for each rule, as
+in `daisy bench`'s ideal speedup.
 
     daisy bench --batch-rule [--model DIR] [--audio DIR] [--depth D] [--utterances 32] [--repeats 5]
 """
@@ -43,10 +44,10 @@ def calibrated_rules(
     `depth` as it gets, the utterance rule calibrated to the depth the batch rule reached."""
     entropy = trace_scores(model, wavs)["entropy"]
     frames = model.backbone.frame_lengths(torch.tensor([len(w) for w in wavs]))
-    batch_rule = policies.calibrate_batch_rule(entropy, frames, groups, depth)
+    batch_rule = policies.calibrate_rule(entropy, frames, groups, depth, "batch")
     trace = {"entropy": entropy, "frames": frames}
     reached = policies.exit_layers_in_batches(batch_rule, trace, groups).float().mean().item()
-    return policies.calibrate_budget(entropy, reached), batch_rule
+    return policies.calibrate_rule(entropy, frames, groups, reached, "utterance"), batch_rule
 
 
 def compare(
