@@ -74,11 +74,15 @@ def test_an_unknown_precision_is_a_one_line_error_before_any_work(command, tmp_p
 
 
 def test_auto_is_cuda_only_where_torch_sees_it(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"  # other names as given
     if not torch.cuda.is_available():
         assert resolve_device("auto") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
+    monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun: each process its own GPU
+    assert resolve_device("auto") == resolve_device("cuda") == "cuda:1"
+    assert resolve_device("cuda:0") == "cuda:0" and resolve_device("cpu") == "cpu"
 
 
 def test_exit_runs_on_cpu_in_either_precision_and_auto_is_cpu_here(model_dir, wavs):
