@@ -8,7 +8,7 @@ what it hears) or from the clean audio (`targets_from="clean"`).
 
 Batches are drawn from RNGs seeded by (seed, step, rank), so resuming from a checkpoint continues
 exactly. The checkpoint is `heads_checkpoint.json` + its safetensors (`daisy.run_state`: atomic, no pickles);
-it resumes only with the settings, model and audio it was trained with. DDP through `torchrun` (gloo on CPU).
+it resumes only with the settings, model and audio it was trained with. DDP through `torchrun` (gloo on CPU, nccl on GPU).
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def train_heads(
     out = Path(out)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        dist.init_process_group("nccl" if on_gpu else "gloo")
     with run_lock(out) if rank == 0 else nullcontext():  # ranks of one run share the folder
         if rank == 0:
             note_legacy(out, LEGACY)
