@@ -90,9 +90,16 @@ def _update_path(digest, path: Path) -> None:
                 digest.update(chunk)
 
 
-def audio_identity(wavs: list[np.ndarray]) -> dict:
-    """What identifies a list of waveforms, readable in messages: count, total samples and a digest."""
-    return {"utterances": len(wavs), "samples": int(sum(len(w) for w in wavs)), "digest": fingerprint(list(wavs))}
+def audio_identity(wavs) -> dict:
+    """What identifies a list of waveforms, readable in messages: count, total samples and a digest (that of
+    `fingerprint(list(wavs))`). `wavs` may be any sized iterable of arrays (a corpus streamed from its files,
+    `daisy.data.streaming.AudioFiles`): it is read once, one array at a time."""
+    digest, samples = hashlib.blake2b(digest_size=16), 0
+    digest.update(b"[%d]" % len(wavs))  # as fingerprint digests a list, item by item
+    for wav in wavs:
+        _update(digest, wav)
+        samples += len(wav)
+    return {"utterances": len(wavs), "samples": int(samples), "digest": digest.hexdigest()}
 
 
 def plain(value):

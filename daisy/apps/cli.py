@@ -6,7 +6,7 @@ import json
 import math
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import typer
@@ -27,6 +27,7 @@ DATA_HELP = (
     "or hf:PATH (a dataset saved with HF datasets' save_to_disk)"
 )
 DEVICE_HELP = "torch device the model runs on: auto (cuda where torch sees one, else cpu), cpu, cuda, cuda:1, ..."
+WORKERS_HELP = "DataLoader worker processes that decode the audio (0: the command's own process)"
 PRECISION_HELP = "fp32, or bf16: bfloat16 autocast on the model's matrix products (exit decisions stay float32)"
 
 
@@ -103,11 +104,15 @@ def _check_device(option: str, device: str) -> None:
 
 def _device(option: str, device: str) -> str:
     """`device` with auto resolved (cuda where torch sees one, else cpu), checked before any work."""
+    from daisy.distributed import rank_device
     from daisy.precision import resolve_device
 
     device = resolve_device(device)
     _check_device(option, device)
-    return device
+    try:
+        return rank_device(device)  # under torchrun: 'cuda' is this process's own GPU
+    except ValueError as e:
+        fail(f"{option} {device}: {e}")
 
 
 def _precision(precision: str) -> None:
@@ -315,6 +320,7 @@ def train_heads_cmd(
     depth: float = typer.Option(None, help="calibrate the entropy policy to this mean depth (default 60 % of L)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     precision: str = typer.Option("fp32", help=PRECISION_HELP),
+    workers: int = typer.Option(0, help=WORKERS_HELP + "; each batch's crops are read from the files"),
 ):
     """Train DAISY's per-layer exit heads with the backbone frozen, then calibrate on the dev split.
     Rerunning with the same --out resumes from its checkpoint (out/heads_checkpoint.json)."""
@@ -322,10 +328,12 @@ def train_heads_cmd(
 
     from daisy.calibration import calibrate_model, recalibrate_tasks, trace_scores
     from daisy.data.sources import load_all, utterances
+    from daisy.data.streaming import AudioFiles
     from daisy.precision import inference
     from daisy.training.train_heads import HeadTrainConfig, check_resume, prepare_model, train_heads
 
     _finite("--depth", depth)  # before the model and the audio are read
+    _at_least("--workers", workers, 0)
     device = _device("--device", device)
     _precision(precision)
     try:
@@ -339,8 +347,9 @@ def train_heads_cmd(
                 f"{model} is a daisy model: its heads train on as they are; --head-input, --classes and "
                 "--head-rank choose fresh heads on a backbone (pass the pretrained model instead)"
             )
-        train = load_all(utterances(data, "train", quick))
-        dev = load_all([u for u in utterances(data, "dev", quick) if u.split == "dev"])  # a plain folder has none
+        train = AudioFiles(utterances(data, "train", quick), workers=workers)  # read from the files as it trains
+        dev = [u for u in utterances(data, "dev", quick) if u.split == "dev"]  # a plain folder has none
+        dev = load_all(dev, workers=workers)
         early = prepare_model(model, head_input or "ffn", classes or 100, train, head_rank).to(device)
         depth = 0.6 * early.num_layers if depth is None else depth
         if not 1 <= depth <= early.num_layers:
@@ -351,10 +360,10 @@ def train_heads_cmd(
         fail(str(e))
     if not dev:
         err.print(f"{data} has no dev split: calibrating on 50 of the training utterances", highlight=False)
-        dev = train[:50]
+        dev = list(train[:50])
     try:
         with inference(device, precision):  # the frozen model's pass; the heads' steps stay float32
-            train_heads(early, train, out_dir, config)
+            train_heads(early, train, out_dir, config, workers=workers)
     except ValueError as e:  # another run holds the folder
         fail(str(e))
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process writes the model
@@ -621,6 +630,7 @@ def minisuperb(
     quick: bool = typer.Option(False, help="the quick corpus (tests)"),
     device: str = typer.Option("auto", help=DEVICE_HELP + "; feature extraction only, the probes train on the CPU"),
     precision: str = typer.Option("fp32", help=PRECISION_HELP + "; features are cached per precision"),
+    workers: int = typer.Option(0, help=WORKERS_HELP + " ('synthetic' data; real corpora are read by their task)"),
 ):
     """Probes on exited representations: full model vs DAISY vs budgets vs fixed truncation vs MFCC.
     Results are kept per task and setting in --out: a rerun with more tasks, budgets or layers trains
@@ -633,6 +643,7 @@ def minisuperb(
 
     _at_least("--train", train)
     _at_least("--test", test)
+    _at_least("--workers", workers, 0)
     device = _device("--device", device)
     _precision(precision)
     try:
@@ -659,15 +670,20 @@ def minisuperb(
         config.check(early.num_layers)
         if paths is None:
             train_u, test_u = utterances(data, "train", quick)[:train], utterances(data, "test", quick)[:test]
-            dev = load_all(utterances(data, "dev", quick)[:100])
-            task_data = synthetic_tasks(train_u, test_u, load_all(train_u), load_all(test_u), tasks=chosen)
+            dev = load_all(utterances(data, "dev", quick)[:100], workers=workers)
+            train_w, test_w = load_all(train_u, workers=workers), load_all(test_u, workers=workers)
+            task_data = synthetic_tasks(train_u, test_u, train_w, test_w, tasks=chosen)
         else:
             corpora = corpus_tasks({t: paths[t] for t in chosen}, train, test, min_samples=early.backbone.min_samples)
             task_data, source, dev = corpora.data, corpora.source, corpora.dev
     except (OSError, ValueError) as e:
         fail(str(e))
-    with _locked(out_dir), inference(device, precision):  # one run at a time into --out; probes train in fp32
+    first = int(os.environ.get("RANK", 0)) == 0  # under torchrun the ranks share the extraction; rank 0 writes
+    # one run at a time into --out (rank 0 holds it for its ranks); the probes train in fp32
+    with _locked(out_dir) if first else nullcontext(), inference(device, precision):
         summary = run(early, task_data, dev, out_dir, config, source=source)
+    if summary is None:  # another rank's: its share of the features went to rank 0
+        return
     from daisy.downstream.minisuperb import markdown
 
     out.print(markdown(summary["results"], summary["scores"]), highlight=False)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from daisy.audio import load
 from daisy.data import hf
 from daisy.data.corpus import CorpusConfig, Utterance, build_corpus, load_manifest
+from daisy.data.streaming import AudioFiles
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 
@@ -38,5 +38,7 @@ def utterances(source: str | Path, split: str | None = None, quick: bool = False
     return [Utterance(p.stem, p, "", "", "train", 0) for p in files]
 
 
-def load_all(utts: list[Utterance], min_samples: int = 400) -> list[np.ndarray]:
-    return [load(u.path, min_samples=min_samples) for u in utts]
+def load_all(utts: list[Utterance], min_samples: int = 400, workers: int = 0) -> list[np.ndarray]:
+    """Every utterance's audio in memory, in order, decoded in `workers` DataLoader worker processes (0: here).
+    `daisy.data.streaming.AudioFiles` reads the same audio from the files as it is used instead."""
+    return list(AudioFiles(utts, min_samples, workers))

@@ -7,30 +7,36 @@ noise into the input; targets then come from the noisy input itself (DAISY: the 
 what it hears) or from the clean audio (`targets_from="clean"`).
 
 Batches are drawn from RNGs seeded by (seed, step, rank), so resuming from a checkpoint continues
-exactly. The checkpoint is `heads_checkpoint.json` + its safetensors (`daisy.run_state`: atomic, no pickles);
-it resumes only with the settings, model and audio it was trained with. DDP through `torchrun` (gloo on CPU, nccl on GPU).
+exactly, and DataLoader workers (`workers`) can cut them ahead of the model without changing them. The audio
+is a `daisy.data.streaming.Corpus`: a list of arrays, or `AudioFiles`, which decodes only the files a batch
+crops from (and the babble pool's, when babble is drawn); a run on files holds their list and a batch, and
+reads every file once more to check the audio's identity.
+
+The checkpoint is `heads_checkpoint.json` + its safetensors (`daisy.run_state`: atomic, no pickles); it
+resumes only with the settings, model and audio it was trained with. DDP through `torchrun` (nccl where the
+model is on CUDA, each rank on its own GPU; gloo on CPU).
 """
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from daisy import distributed
+from daisy.data import streaming
 from daisy.data.crops import random_crops
+from daisy.data.streaming import Corpus
 from daisy.io import run_lock, write_json
 from daisy.model import EarlyExitHubert, load_teacher
 from daisy.precision import exact
 from daisy.progress import progress
 from daisy.run_state import (
     ResumeRefused,
-    audio_identity,
     fingerprint,
     load_state,
     note_legacy,
@@ -72,7 +78,7 @@ class HeadTrainConfig:
         return cls(steps=60, checkpoint_every=30)
 
 
-def _batch(step: int, rank: int, wavs: list[np.ndarray], config: HeadTrainConfig):
+def _batch(step: int, rank: int, wavs: Corpus, config: HeadTrainConfig):
     """(input batch, clean batch, lengths) of random 320-aligned crops, some with noise mixed in."""
     rng = np.random.default_rng([config.seed, step, rank])
     crops = random_crops(
@@ -85,6 +91,19 @@ def _batch(step: int, rank: int, wavs: list[np.ndarray], config: HeadTrainConfig
         wavs[:64],
     )
     return crops.inputs, crops.clean, crops.lengths
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Step -> that step's batch (`_batch`): what DataLoader workers read and cut ahead of the model."""
+
+    def __init__(self, wavs: Corpus, config: HeadTrainConfig, rank: int):
+        self.wavs, self.config, self.rank = wavs, config, rank
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __getitem__(self, step: int):
+        return _batch(step, self.rank, self.wavs, self.config)
 
 
 @torch.no_grad()
@@ -146,9 +165,7 @@ def model_identity(model: EarlyExitHubert) -> str:
     return fingerprint(model.backbone, model.teacher, None if km is None else (km.centers, km.features, km.source))
 
 
-def check_resume(
-    out: str | Path, model: EarlyExitHubert, config: HeadTrainConfig, wavs: list[np.ndarray] | None = None
-) -> None:
+def check_resume(out: str | Path, model: EarlyExitHubert, config: HeadTrainConfig, wavs: Corpus | None = None) -> None:
     """A checkpoint under `out` resumes only with the settings, model and audio (`wavs`, where given) it was
     trained with: raise ResumeRefused for others."""
     meta = read_state_meta(out, CHECKPOINT)
@@ -166,7 +183,7 @@ def _refuse_other_settings(path: Path, meta: dict, model: EarlyExitHubert, confi
     ]
     if meta["model"] != model_identity(model):
         differ.append("the model: other backbone, teacher or codebook weights")
-    if wavs is not None and meta["data"]["digest"] != (data := audio_identity(wavs))["digest"]:
+    if wavs is not None and meta["data"]["digest"] != (data := streaming.identity(wavs))["digest"]:
         there = meta["data"]
         differ.append(
             f"audio: {there['utterances']} utterances, {there['samples']} samples there; "
@@ -181,26 +198,30 @@ def _refuse_other_settings(path: Path, meta: dict, model: EarlyExitHubert, confi
 
 def train_heads(
     model: EarlyExitHubert,
-    wavs: list[np.ndarray],
+    wavs: Corpus,
     out: str | Path,
     config: HeadTrainConfig,
     stop_after: int | None = None,
+    workers: int = 0,
 ) -> EarlyExitHubert:
-    """Train `model.heads` in place on `wavs` (float32 16 kHz arrays); checkpoints and log under `out`."""
+    """Train `model.heads` in place on `wavs` (float32 16 kHz arrays: a list, or `AudioFiles` read as used);
+    checkpoints and log under `out`. `workers` DataLoader processes cut the batches (0: this process); the
+    heads come out the same with any number."""
     model.require_targets()  # before any work: the shortcut below calls the teacher head directly
+    streaming.check_workers(workers)
     out = Path(out)
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        on_gpu = next(model.parameters()).device.type == "cuda"
-        dist.init_process_group("nccl" if on_gpu else "gloo")
+    distributed.init(next(model.parameters()).device)  # under torchrun: nccl on CUDA, else gloo
+    rank, world = distributed.rank_and_world()
     with run_lock(out) if rank == 0 else nullcontext():  # ranks of one run share the folder
         if rank == 0:
             note_legacy(out, LEGACY)
-        _train(model, wavs, out, config, stop_after, rank, world)
+        _train(model, wavs, out, config, stop_after, rank, world, workers)
     return model
 
 
-def _train(model: EarlyExitHubert, wavs, out: Path, config: HeadTrainConfig, stop_after, rank: int, world: int):
+def _train(
+    model: EarlyExitHubert, wavs, out: Path, config: HeadTrainConfig, stop_after, rank: int, world: int, workers: int
+):
     """train_heads' work, with `out` locked: resume where a checkpoint is, train, checkpoint on rank 0."""
     model.eval()  # the backbone stays frozen, dropout off; only the heads learn
     for p in model.backbone.parameters():
@@ -208,7 +229,7 @@ def _train(model: EarlyExitHubert, wavs, out: Path, config: HeadTrainConfig, sto
     heads = model.heads
     optim = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=config.steps)
-    identity = {"settings": _settings(model, config), "model": model_identity(model), "data": audio_identity(wavs)}
+    identity = {"settings": _settings(model, config), "model": model_identity(model), "data": streaming.identity(wavs)}
     start, log = 0, []
     state = load_state(out, CHECKPOINT)
     if state is not None:
@@ -217,10 +238,12 @@ def _train(model: EarlyExitHubert, wavs, out: Path, config: HeadTrainConfig, sto
         start, log = meta["step"], meta["log"]
     objective = HeadObjective(heads)
     trainer = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
+    loader = torch.utils.data.DataLoader(
+        _Batches(wavs, config, rank), batch_size=None, sampler=range(start, config.steps), num_workers=workers
+    )
     with progress(disable=rank != 0) as bar:
         task = bar.add_task("training heads", total=config.steps, completed=start)
-        for step in range(start, config.steps):
-            noisy, clean, lengths = _batch(step, rank, wavs, config)
+        for step, (noisy, clean, lengths) in zip(range(start, config.steps), loader):
             feats, mask, last = frozen_features(model, noisy, lengths)
             if config.targets_from == "input" and model.config.targets == "teacher":
                 with torch.no_grad():  # the model's own answer on this very input: reuse its forward pass
@@ -247,7 +270,7 @@ def prepare_model(
     path: str | Path,
     head_input: str = "ffn",
     classes: int = 100,
-    wavs: list[np.ndarray] | None = None,
+    wavs: Corpus | None = None,
     head_rank: int | None = None,
 ) -> EarlyExitHubert:
     """An EarlyExitHubert with fresh heads on the backbone at `path`, with the best targets it allows:
