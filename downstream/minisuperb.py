@@ -13,6 +13,8 @@ agreement: the mean over test utterances of the share of frames where the exit l
 
 Score (MiniSUPERB style): per task, the primary metric normalised between the MFCC baseline (0) and
 the full model (100); the average over tasks.
+
+Under torchrun (several processes) the ranks share the feature extraction and rank 0 does the rest.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daisy import policies, run_state
+from daisy import distributed, policies, run_state
 from daisy.calibration import can_answer, exit_agreement
 from daisy.compute import compute_share
-from daisy.data.batching import batches
+from daisy.data.batching import length_groups, padded
 from daisy.downstream import tasks as registry
 from daisy.downstream.featurizer import MODES, WeightedSum
 from daisy.downstream.tasks import SIZES, ProbeSize, Task, TaskData  # noqa: F401  (SIZES, ProbeSize: re-exported)
@@ -106,35 +108,83 @@ def fingerprint(wavs: list[np.ndarray], model: torch.nn.Module | None = None) ->
 
 
 @torch.no_grad()
-def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None = None) -> Features:
+def extract(model: EarlyExitHubert, wavs: list[np.ndarray], cache: Path | None = None) -> Features | None:
     """Every layer's states and every head score of `wavs`; cached as the run state `cache` (its folder and
-    name: safetensors + JSON, daisy.run_state) for this model and audio."""
-    key = fingerprint(wavs, model) if cache is not None else ""  # hashing only pays where a cache is read
-    if key and (precision := autocast_name(next(model.parameters()).device)) != "fp32":
-        key += f"-{precision}"  # features extracted under bf16 autocast differ: a cache of its own
+    name: safetensors + JSON, daisy.run_state) for this model and audio.
+
+    Under torchrun with several processes every rank traces its share of the length-sorted batches (the same
+    batches as one process makes, so the same features) and rank 0 gathers them, reads and writes the cache and
+    returns the features; the other ranks return None."""
+    distributed.init(next(model.parameters()).device)
+    rank, world = distributed.rank_and_world()
     answers = can_answer(model)  # then every head is scored against the full model's answer too
-    if cache is not None and (meta := run_state.read_state_meta(cache.parent, cache.name)) and meta["key"] == key:
-        tensors, _ = run_state.load_state(cache.parent, cache.name)
-        scores = run_state.unprefixed("score.", tensors)
-        if "agreement" in scores or not answers:  # a cache from before agreement was stored is made again
-            return Features([tensors[f"state.{i}"] for i in range(len(wavs))], scores, key)
-    states: list = [None] * len(wavs)
-    scores: dict[str, torch.Tensor] = {}
-    with progress() as bar:
-        task = bar.add_task(f"extracting {cache.stem if cache else 'features'}", total=len(wavs))
-        for idx, padded, lengths in batches(wavs, 8):
-            trace = model.trace(padded, lengths, model.full_answer(padded, lengths) if answers else None)
-            stacked = torch.stack(trace.hidden_states)  # (L+1, B, T, D)
-            for row, i in enumerate(idx):
-                states[i] = stacked[:, row, : int(trace.lengths[row])].to("cpu", torch.float16, copy=True)
-            for name, value in trace.scores.items():
-                scores.setdefault(name, torch.zeros(len(wavs), model.num_layers))[idx] = value.float().cpu()
-            bar.advance(task, len(idx))
-    features = Features(states, scores, key)
+    key, features = "", None
+    if rank == 0:
+        key = _cache_key(model, wavs) if cache is not None else ""  # hashing only pays where a cache is read
+        features = _cached(cache, key, len(wavs), answers)
+    if distributed.from_first(features is not None):
+        return features
+    groups = distributed.shard(length_groups([len(w) for w in wavs], 8), rank, world)
+    share = "" if world == 1 else f" (rank 0's share of {world})"
+    label = f"extracting {cache.stem if cache else 'features'}{share}"
+    parts = distributed.gather_to_first(_trace(model, wavs, groups, answers, label, quiet=rank != 0))
+    if rank != 0:
+        return None
+    features = _merged(parts, len(wavs), model.num_layers, key)
     if cache is not None:
-        tensors = {f"state.{i}": state for i, state in enumerate(states)} | run_state.prefixed("score.", scores)
+        tensors = {f"state.{i}": state for i, state in enumerate(features.states)}
+        tensors |= run_state.prefixed("score.", features.scores)
         run_state.save_state(cache.parent, cache.name, tensors, {"key": key})
     return features
+
+
+def _cache_key(model: EarlyExitHubert, wavs: list[np.ndarray]) -> str:
+    key = fingerprint(wavs, model)
+    if (precision := autocast_name(next(model.parameters()).device)) != "fp32":
+        key += f"-{precision}"  # features extracted under bf16 autocast differ: a cache of its own
+    return key
+
+
+def _cached(cache: Path | None, key: str, count: int, answers: bool) -> Features | None:
+    """The features stored at `cache` under `key`; None where there are none, or none with every score."""
+    if cache is None or not (meta := run_state.read_state_meta(cache.parent, cache.name)) or meta["key"] != key:
+        return None
+    tensors, _ = run_state.load_state(cache.parent, cache.name)
+    scores = run_state.unprefixed("score.", tensors)
+    if "agreement" not in scores and answers:  # a cache from before agreement was stored is made again
+        return None
+    return Features([tensors[f"state.{i}"] for i in range(count)], scores, key)
+
+
+def _trace(model: EarlyExitHubert, wavs, groups: list[list[int]], answers: bool, label: str, quiet: bool):
+    """(indices, their states (L+1, T_i, D) fp16 on the CPU, scores name -> (len(indices), L)) of the batches
+    `groups` (lists of indices into `wavs`)."""
+    order, states, scores = [], [], {}
+    with progress(disable=quiet) as bar:
+        task = bar.add_task(label, total=sum(len(idx) for idx in groups))
+        for idx in groups:
+            wav, lengths = padded(wavs, idx)
+            trace = model.trace(wav, lengths, model.full_answer(wav, lengths) if answers else None)
+            stacked = torch.stack(trace.hidden_states)  # (L+1, B, T, D)
+            for row in range(len(idx)):
+                states.append(stacked[:, row, : int(trace.lengths[row])].to("cpu", torch.float16, copy=True))
+            for name, value in trace.scores.items():
+                scores.setdefault(name, []).append(value.float().cpu())
+            order += idx
+            bar.advance(task, len(idx))
+    return order, states, {name: torch.cat(rows) for name, rows in scores.items()}
+
+
+def _merged(parts: list, count: int, num_layers: int, key: str) -> Features:
+    """The features of `count` utterances from the ranks' `_trace` parts, in the order of the audio."""
+    states: list = [None] * count
+    scores: dict[str, torch.Tensor] = {}
+    for order, part_states, part_scores in parts:
+        for i, state in zip(order, part_states):
+            states[i] = state
+        for name, rows in part_scores.items():
+            scores.setdefault(name, torch.zeros(count, num_layers))[order] = rows
+    return Features(states, scores, key)
 
 
 def mfcc_features(wavs: list[np.ndarray]) -> Features:
@@ -359,10 +409,11 @@ def run(
     out: Path,
     config: MiniSuperbConfig,
     source: dict[str, str] | None = None,
-) -> dict:
+) -> dict | None:
     """data: input set -> split ('train', 'test') -> TaskData; source: task -> input set, by default each
     task's synthetic set ('clean' for asr and sid, 'noisy' for se, 'mix' for ss). Features are extracted
-    once per input set."""
+    once per input set. Under torchrun with several processes the ranks share the extraction and rank 0
+    alone trains the probes and writes the results (the summary); the others return None."""
     out = Path(out)
     config.check(model.num_layers)  # before any feature is extracted
     source = registry.synthetic_sources(config.tasks) if source is None else source
@@ -375,8 +426,10 @@ def run(
         for s in needed
         for split in ("train", "test")
     }
-    base = {(s, split): mfcc_features(data[s][split].inputs) for s in needed for split in ("train", "test")}
     dev = extract(model, dev_wavs, out / "features" / "dev")
+    if distributed.rank_and_world()[0] != 0:
+        return None  # under torchrun: this rank's share of the features is with rank 0, which does the rest
+    base = {(s, split): mfcc_features(data[s][split].inputs) for s in needed for split in ("train", "test")}
     chosen = settings(model, dev.scores, config)
     results: dict[str, dict] = {}
     probe_key = config.probe_key()
