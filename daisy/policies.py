@@ -319,6 +319,9 @@ def exit_layers_in_batches(policy: Policy, trace: dict[str, torch.Tensor], group
     return exits
 
 
+ROUNDING = 1e-5  # entropies closer than this (relative) may swap order between a trace and a live run
+
+
 def calibrate_rule(
     entropy: torch.Tensor,
     frames: torch.Tensor,
@@ -331,7 +334,8 @@ def calibrate_rule(
     of rows of entropy (N, L) and frames (N,), run as those batches) is the closest to `target_depth` it can
     reach; of two equally close, the deeper. A batch rule exits each batch as one, so it reaches few depths.
     One shared threshold, midway between two of the entropies the rule compares (utterance means, or the
-    batches' pooled means), so that a live run's rounding does not move an exit."""
+    batches' pooled means) that lie more than `ROUNDING` apart (relative), so that a live run's rounding
+    (other batch widths, another summation order) does not move an exit; closer ones count as one."""
     num_layers = entropy.shape[1]
     if not 1 <= min_layer <= target_depth <= num_layers:
         raise ValueError(f"target depth {target_depth} outside {min_layer}..{num_layers} (min_layer {min_layer})")
@@ -344,7 +348,9 @@ def calibrate_rule(
     seen = compared[:, min_layer - 1 : num_layers - 1].flatten().unique()  # at the layers where exits happen
     if not len(seen):  # min_layer is the last layer: nobody exits before it whatever the threshold
         return Entropy(threshold=0.0, min_layer=min_layer, decide_per=decide_per)
-    candidates = [float(seen[0]) - 1.0] + ((seen[1:] + seen[:-1]) / 2).tolist() + [float(seen[-1]) + 1.0]
+    apart = (seen[1:] - seen[:-1]) > ROUNDING * seen.abs().max().clamp_min(1.0)
+    middles = ((seen[1:] + seen[:-1]) / 2)[apart].tolist()
+    candidates = [float(seen[0]) - 1.0] + middles + [float(seen[-1]) + 1.0]
     trace, depths = {"entropy": entropy, "frames": frames}, {}
     for threshold in candidates:
         policy = Entropy(threshold=threshold, min_layer=min_layer, decide_per=decide_per)

@@ -158,3 +158,12 @@ def test_a_rule_is_calibrated_to_the_closest_depth_it_can_reach(decide_per):
     assert len(reachable) > 2
     with pytest.raises(ValueError, match="target depth 7 outside 1..6"):
         policies.calibrate_rule(entropy, frames, groups, 7)
+
+
+def test_entropies_closer_than_rounding_are_never_split_by_a_threshold():
+    """A live run (other batch widths, another summation order) may swap two entropies 1e-6 apart."""
+    entropy = torch.tensor([[5.0, 4.0], [5.000001, 4.0], [3.0, 2.0], [3.0, 2.0]])
+    frames, groups = torch.tensor([10, 10, 10, 10]), [[0, 1, 2, 3]]
+    rule = policies.calibrate_rule(entropy, frames, groups, 1.25, "utterance")
+    # splitting 5.0 from 5.000001 would reach 1.25 exactly; as one value, 1.5 is the deeper of the nearest two
+    assert rule.exit_layers({"entropy": entropy}).tolist() == [2, 2, 1, 1]
