@@ -147,3 +147,15 @@ def test_benchmark_writes_exits_entropies_and_agreement(tmp_path):
     assert (out / "real_speech.png").stat().st_size > 0 and "| clean |" in (out / "table.md").read_text()
     bad = subprocess.run([sys.executable, str(BENCHMARKS / "real_speech.py"), "--noises", "hum"], capture_output=True)
     assert bad.returncode == 2 and b"unknown noise 'hum'" in bad.stderr
+
+
+def test_the_shipped_model_exits_early_on_clean_real_speech_and_later_in_noise():
+    """Its own policy, no calibration on the dev set: clean real speech within 0.75 of its depth on average,
+    white noise at 0 dB at least a layer later (what the model card reports)."""
+    from daisy.apps.demo import shipped_model
+    from daisy.model import EarlyExitHubert
+
+    model = EarlyExitHubert.from_pretrained(shipped_model())
+    exits = real_speech.measure(model, CLIPS, {}, ["white"], [0.0])["exits"]
+    clean, noisy = exits["clean"]["all"], exits["white 0 dB"]["all"]
+    assert clean <= 0.75 * model.num_layers and noisy >= clean + 1

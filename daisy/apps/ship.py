@@ -309,9 +309,16 @@ def write_card(path: Path, card: dict, sweep_table: str) -> None:
         *real_section(fig.get("real_speech")),
         "## Limitations",
         "",
-        "- Pretrained on synthetic speech only (espeak-ng voices); its heads have also heard Kokoro speech."
-        if neural
-        else "- Synthetic speech only (espeak-ng voices): real recordings are far from what it has heard.",
+        *(
+            [
+                "- Pretrained on synthetic speech only (espeak-ng voices); its heads have also heard Kokoro speech.",
+                "- Its policy is set on neural speech, which reads harder than espeak-ng's: espeak-ng speech mostly",
+                "  exits at the first layer the policy reads until the noise is strong (the adaptivity table), so",
+                "  on espeak-ng speech its exits show noise from about 10 dB down.",
+            ]
+            if neural
+            else ["- Synthetic speech only (espeak-ng voices): real recordings are far from what it has heard."]
+        ),
         *(
             [
                 "- Input: each utterance is scaled to zero mean, unit variance before the model (pretrained so),",
