@@ -32,3 +32,12 @@ def depth_for_share(config: HubertConfig, share: float, frames: int = 250) -> fl
     if not 1 <= depth <= config.num_hidden_layers:
         raise ValueError(f"a compute share of {share:.2f} needs a mean depth of {depth:.2f} layers, outside 1..L")
     return depth
+
+
+def exit_branch_share(config: HubertConfig, outputs: int, attention: bool = False, frames: int = 250) -> float:
+    """Multiply-adds of one exit branch read at one layer, as a share of one transformer layer's: a linear map
+    to `outputs` classes (DAISY's heads, Wright et al.'s CTC branches), after a self-attention block where
+    `attention` (HuBERT-EE's branches: projections and the T x T products; norms not counted)."""
+    d = config.hidden_size
+    branch = frames * d * outputs + (frames * (4 * d * d + 2 * frames * d) if attention else 0)
+    return branch / frames / macs_per_frame(config, frames)[1]

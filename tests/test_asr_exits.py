@@ -76,6 +76,9 @@ def test_quick_run_gives_every_method_a_curve_clean_and_noisy(first_run):
         cost = summary["training"][method]
         assert cost["steps"] > 0 and cost["seconds"] > 0, method
     assert summary["training"]["hubert-ee"]["steps"] == 8 + 4  # fine-tuning, then the branches
+    exit_cost = summary["exit_cost"]  # one exit read, as a share of a layer: attention costs more than a linear map
+    assert exit_cost["hubert-ee"] > exit_cost["wright-scratch"] == exit_cost["wright-finetune"] > 0
+    assert 0 < exit_cost["daisy"] < 1
     assert (out / "results.md").read_text().count("| clean |") == 3 * len(PAIRS)
     assert (out / "cer_vs_compute.png").stat().st_size > 0
     # each system announced as it starts (a log shows where a run is), then kept as a part of its own
@@ -228,3 +231,15 @@ def test_a_librispeech_folder_is_read_for_training_held_out_and_test_audio(tmp_p
         ("wright-finetune", "posterior"),
     }
     assert summary["training"]["wright-finetune"]["steps"] == 1
+
+
+def test_an_exit_branch_costs_its_multiply_adds_against_a_layer_s():
+    from transformers import HubertConfig
+
+    from daisy.compute import exit_branch_share
+
+    base = HubertConfig()  # d 768, FFN 3072: a layer is 4d^2 + 2dF + 2Td multiply-adds per frame at T = 250
+    layer = 4 * 768**2 + 2 * 768 * 3072 + 2 * 250 * 768
+    assert exit_branch_share(base, 500) == pytest.approx(768 * 500 / layer)  # a DAISY head over C = 500
+    attention = 4 * 768**2 + 2 * 250 * 768
+    assert exit_branch_share(base, 32, attention=True) == pytest.approx((attention + 768 * 32) / layer)

@@ -34,7 +34,7 @@ from rich.console import Console
 from daisy import policies
 from daisy.analysis.asr_per_snr import QualityConfig, training_audio
 from daisy.analysis.noise_sweep import CLEAN, SweepConfig, check_audible, conditions, mixed
-from daisy.compute import compute_share
+from daisy.compute import compute_share, exit_branch_share
 from daisy.data.batching import batches
 from daisy.downstream import metrics
 from daisy.downstream import tasks as registry
@@ -330,10 +330,24 @@ def run(
             "utterances": {"train": len(train_wavs), "dev": len(dev_wavs), "test": len(test_wavs)},
             "conditions": [{"noise": k, "snr": "clean" if s is None else s} for k, s in conditions(sweep)],
             "training": {m: parts[m]["cost"] for m in order},
+            "exit_cost": {m: branch_cost(m, early, len(vocab)) for m in order},
             "points": [p for m in order for p in parts[m]["points"]],
         }
         write(summary, out)
     return summary
+
+
+def branch_cost(method: str, model: EarlyExitHubert, vocab_size: int) -> float:
+    """What reading one exit costs, as a share of one transformer layer's multiply-adds (compute shares count
+    the backbone only): DAISY's linear head over its classes, a linear CTC branch (Wright et al.), or
+    self-attention + a linear CTC branch (HuBERT-EE's intermediate branches)."""
+    config = model.backbone.config
+    if method == "daisy":
+        classes, rank = model.config.num_classes, model.config.head_rank
+        if rank is None:
+            return exit_branch_share(config, classes)
+        return exit_branch_share(config, rank) * (1 + classes / config.hidden_size)  # d x r, then r x C
+    return exit_branch_share(config, vocab_size, attention=method == "hubert-ee")
 
 
 def _supervised(recipe, pretrained, wavs, labels, vocab_size, train: CTCTrainConfig):
@@ -360,13 +374,19 @@ def _condition(point: dict) -> str:
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| method | training steps | training wall-clock (s) |", "|---|---:|---:|"]
+    lines = [
+        "| method | training steps | training wall-clock (s) | one exit read (share of a layer) |",
+        "|---|---:|---:|---:|",
+    ]
+    exit_cost = summary.get("exit_cost", {})
     for method, cost in summary["training"].items():
-        lines.append(f"| {method} | {cost['steps']} | {cost['seconds']:.1f} |")
+        share = f"{exit_cost[method]:.3f}" if method in exit_cost else "n/a"
+        lines.append(f"| {method} | {cost['steps']} | {cost['seconds']:.1f} | {share} |")
     lines += [
         "",
         "DAISY's steps are its ASR probes' (one per threshold); its exit heads ship with the model, trained "
-        "without labels, and are not retrained here.",
+        "without labels, and are not retrained here. Compute shares count the backbone only; each exit a "
+        "policy reads costs the last column's share of a layer more.",
         "",
         "| method | selection | condition | threshold | mean exit | compute share | CER |",
         "|---|---|---|---:|---:|---:|---:|",
