@@ -9,7 +9,6 @@ opt out with `exact` too.
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 
 import torch
@@ -18,12 +17,10 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(name: str) -> str:
-    """'auto': cuda where torch sees a CUDA device, else cpu; any other name as given, except a bare 'cuda'
-    under torchrun, which is each process's own GPU (cuda:LOCAL_RANK)."""
+    """'auto': cuda where torch sees a CUDA device, else cpu; any other name as given (under torchrun,
+    `daisy.distributed.rank_device` then gives each process its own GPU)."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
 

@@ -74,15 +74,11 @@ def test_an_unknown_precision_is_a_one_line_error_before_any_work(command, tmp_p
 
 
 def test_auto_is_cuda_only_where_torch_sees_it(monkeypatch):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"  # other names as given
     if not torch.cuda.is_available():
         assert resolve_device("auto") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
-    monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun: each process its own GPU
-    assert resolve_device("auto") == resolve_device("cuda") == "cuda:1"
-    assert resolve_device("cuda:0") == "cuda:0" and resolve_device("cpu") == "cpu"
 
 
 def test_exit_runs_on_cpu_in_either_precision_and_auto_is_cpu_here(model_dir, wavs):
@@ -228,3 +224,18 @@ def test_exact_turns_autocast_off_inside_and_costs_nothing_outside():
             assert (a @ a.T).dtype == torch.float32 and autocast_name("cpu") == "fp32"
         assert autocast_name("cpu") == "bf16"
     assert type(exact("cpu")).__name__ == "nullcontext"
+
+
+def test_under_torchrun_a_bare_cuda_is_each_process_s_own_gpu(monkeypatch):
+    from daisy.distributed import rank_device
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rank_device("cuda") == "cuda:1"
+    assert rank_device("cuda:0") == "cuda:0" and rank_device("cpu") == "cpu"  # chosen devices as given
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="LOCAL_RANK 1"):
+        rank_device("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert rank_device("cuda") == "cuda"
