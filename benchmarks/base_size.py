@@ -220,7 +220,7 @@ with open(sys.argv[1], "w") as f:
 
 def run_stage(stage: Stage, log: Path, cwd: Path) -> dict:
     """Run the stage's command, its output to `log`; wall-clock seconds, peak RSS (MiB) and exit code."""
-    record = log.with_suffix(".rusage.json")
+    record = log.with_suffix(".rusage.json").resolve()  # the command runs in `cwd`
     with open(log, "w") as sink:
         subprocess.run([sys.executable, "-c", LAUNCHER, str(record), *stage.argv], stdout=sink, stderr=sink, cwd=cwd)
     measured = json.loads(record.read_text())
@@ -244,6 +244,7 @@ def extracted(folder: Path) -> tuple[int, float]:
 
 def rehearse(out: Path, settings: Settings) -> dict:
     """Every family's stages, run and measured; results.json and table.md written to `out`."""
+    out = out.resolve()  # each stage runs in its family's folder
     out.mkdir(parents=True, exist_ok=True)
     corpus, seconds = rehearsal_corpus(out / "corpus", settings.train_utterances, settings.dev_utterances)
     results = {"settings": asdict(settings), "families": {}}

@@ -23,13 +23,15 @@ def base_size():
     return module
 
 
-def test_each_stage_gets_its_own_peak_memory_not_the_largest_so_far(base_size, tmp_path):
-    """RUSAGE_CHILDREN's ru_maxrss is the largest child yet; wait4 gives the one child's."""
+def test_each_stage_gets_its_own_peak_memory_not_the_largest_so_far(base_size, tmp_path, monkeypatch):
+    """RUSAGE_CHILDREN's ru_maxrss is the largest child yet; wait4 gives the one child's. A log path relative to
+    the working directory works whatever folder the stage runs in."""
     allocate = "import sys; b = bytearray(int(sys.argv[1]) << 20); b[::4096] = b'x' * len(b[::4096])"
     big = base_size.run_stage(base_size.Stage("big", [sys.executable, "-c", allocate, "300"]), tmp_path / "a", tmp_path)
-    small = base_size.run_stage(
-        base_size.Stage("small", [sys.executable, "-c", allocate, "1"]), tmp_path / "b", tmp_path
-    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    small_stage = base_size.Stage("small", [sys.executable, "-c", allocate, "1"])
+    small = base_size.run_stage(small_stage, Path("b"), Path("elsewhere"))
     assert big["returncode"] == small["returncode"] == 0
     assert big["peak_rss_mib"] > 300 and small["peak_rss_mib"] < 100
     failed = base_size.run_stage(
