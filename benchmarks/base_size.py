@@ -1,7 +1,8 @@
 """A Base-size rehearsal on CPU: random-initialised HuBERT Base and WavLM Base (transformers' config defaults,
 heads of C = 500 k-means classes) through every stage a user runs, with the peak memory and throughput of each.
 
-    python benchmarks/base_size.py [--out runs/base_size] [--families hubert,wavlm] [--steps 20] [--tiny]
+    python benchmarks/base_size.py [--out runs/base_size] [--families hubert,wavlm] [--steps 20] [--device cuda]
+        [--tiny]
 
 Per family: the random backbone is saved with transformers' `save_pretrained`, then each stage runs as its
 own `daisy` command in a child process:
@@ -71,6 +72,7 @@ class Settings:
     bench_utterances: int = 32
     bench_repeats: int = 2
     threads: int | None = None
+    device: str = "cpu"  # every stage's --device (s3prl's runner too)
     stages: tuple[str, ...] = ("startup", "train-heads", "calibrate", "exit", "minisuperb", "s3prl", "bench")
 
 
@@ -148,41 +150,42 @@ def stages(family: str, backbone: Path, out: Path, settings: Settings, corpus: P
     fluent = fluent_layout(out / "fluent", [u.path for u in utterances(corpus, "train")[:8]])
     (out / "fluent.yaml").write_text(RUNNER.format(root=fluent))
     depth = f"{layers / 2:g}"
+    on = ["--device", settings.device]
     dev_s = sum(seconds["dev"])
     plan = [
         Stage("startup", [sys.executable, "-c", "import torch, transformers, daisy.apps.cli"]),
         Stage(
             "train-heads",
             daisy("train-heads", "--model", str(backbone), "--out", str(out / "heads"), "--data", str(corpus))
-            + ["--steps", str(settings.steps), "--classes", str(settings.classes), "--depth", depth],
+            + ["--steps", str(settings.steps), "--classes", str(settings.classes), "--depth", depth, *on],
             crops + len(seconds["dev"]),
             crops * crop_s + dev_s,
         ),
         Stage(
             "calibrate",
-            daisy("calibrate", "--model", str(model), "--data", str(corpus), "--depth", depth),
+            daisy("calibrate", "--model", str(model), "--data", str(corpus), "--depth", depth, *on),
             len(seconds["dev"]),
             dev_s,
         ),
-        Stage("exit", daisy("exit", "--model", str(model), "--json", *map(str, clips)), len(clips), clip_s),
+        Stage("exit", daisy("exit", "--model", str(model), "--json", *on, *map(str, clips)), len(clips), clip_s),
         Stage(
             "minisuperb",
             daisy("minisuperb", "--model", str(model), "--data", "synthetic", "--quick", "--size", "quick")
             + ["--tasks", settings.minisuperb_tasks]
             + ["--train", str(settings.minisuperb_train), "--test", str(settings.minisuperb_test)]
-            + ["--budgets", "", "--out", str(out / "minisuperb")],  # full, DAISY's policy, fixed at its depth
+            + ["--budgets", "", "--out", str(out / "minisuperb"), *on],  # full, DAISY's policy, fixed at its depth
         ),
         Stage(
             "s3prl",
             daisy("s3prl", "--", "-m", "train", "-d", "fluent_commands", "-c", str(out / "fluent.yaml"))
-            + ["-u", "daisy_hubert", "-k", str(model), "--device", "cpu", "-p", str(out / "s3prl")],
+            + ["-u", "daisy_hubert", "-k", str(model), "--device", settings.device, "-p", str(out / "s3prl")],
             8,  # 2 steps of 2, then 2 dev and 2 test utterances
             _seconds(utterances(corpus, "train")[:8]),  # each of the 8 files once
         ),
     ]
     if family == "hubert":
         bench = ["--model", str(model), "--batch-rule", "--utterances", str(settings.bench_utterances)]
-        bench += ["--repeats", str(settings.bench_repeats), "--json", str(out / "bench.json")]
+        bench += ["--repeats", str(settings.bench_repeats), "--json", str(out / "bench.json"), *on]
         bench += ["--audio", str(_bench_audio(out / "bench_audio", settings.bench_utterances))]
         if settings.threads:
             bench += ["--threads", str(settings.threads)]
@@ -326,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the bench")
     parser.add_argument("--stages", default=",".join(Settings.stages), help="comma-separated subset")
     parser.add_argument("--minisuperb-tasks", default=Settings.minisuperb_tasks, help="e.g. asr,sid,se,ss")
+    parser.add_argument("--device", default="cpu", help="every stage's device, e.g. cuda")
     parser.add_argument("--tiny", action="store_true", help="a test-sized model instead of Base (minutes)")
     args = parser.parse_args(argv)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
@@ -338,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             parser.error(f"{option} must be at least 1, got {value}")
     settings = Settings(families, args.tiny, steps=args.steps, bench_repeats=args.bench_repeats, stages=chosen)
-    settings.threads, settings.minisuperb_tasks = args.threads, args.minisuperb_tasks
+    settings.threads, settings.minisuperb_tasks, settings.device = args.threads, args.minisuperb_tasks, args.device
     results = rehearse(args.out, settings)
     print(markdown(results), end="")
     return 1 if results["failed"] else 0
