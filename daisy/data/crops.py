@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from daisy.data.batching import padded
 from daisy.data.noise import NOISE_TYPES, make_noise, mix_at_snr
-from daisy.upstream.geometry import HOP
+from daisy.upstream.geometry import HOP, SAMPLE_RATE
 
 
 @dataclass
@@ -47,12 +48,13 @@ def random_crops(
             kind = NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))]
             piece = mix_at_snr(piece, make_noise(kind, len(piece), rng, others), float(rng.uniform(*snr_range)))
         noisy.append(piece)
-    lengths = torch.tensor([len(c) for c in clean])
+    rows = list(range(len(picks)))
+    (inputs, lengths), (clean_batch, _) = padded(noisy, rows), padded(clean, rows)
+    return Crops(inputs, clean_batch, lengths, starts, picks)
 
-    def pad(chunks):
-        out = torch.zeros(len(chunks), int(lengths.max()))
-        for j, c in enumerate(chunks):
-            out[j, : len(c)] = torch.from_numpy(np.asarray(c, dtype=np.float32))
-        return out
 
-    return Crops(pad(noisy), pad(clean), lengths, starts, picks)
+def training_crops(rng: np.random.Generator, wavs, config, others=()) -> Crops:
+    """`random_crops` as a training config asks for them: its `batch_size`, `crop_seconds`, `noise_prob` and
+    `snr_range` (pretraining and head training draw each step's batch so)."""
+    crop_samples = int(config.crop_seconds * SAMPLE_RATE)
+    return random_crops(rng, wavs, config.batch_size, crop_samples, config.noise_prob, config.snr_range, others)

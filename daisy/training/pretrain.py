@@ -31,7 +31,7 @@ from transformers import HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
 from daisy.data.corpus import Utterance
-from daisy.data.crops import random_crops
+from daisy.data.crops import training_crops
 from daisy.features import mfcc
 from daisy.io import atomic_path, run_lock
 from daisy.progress import progress
@@ -51,7 +51,7 @@ from daisy.training.pretrain_state import (
     warm_start,
 )
 from daisy.upstream import HubertBackbone, preset_config
-from daisy.upstream.geometry import SAMPLE_RATE, num_frames
+from daisy.upstream.geometry import num_frames
 
 # Default K. HuBERT Base: 100 on MFCC, then 500 on layer states (960 h of speech). Layer states of our tiny
 # models carry more than MFCC but the synthetic corpus is ~3 h (590k frames): 200 keeps ~3k frames per cluster.
@@ -239,15 +239,7 @@ def utterance_labels(km: KMeansTargets, wavs: list[np.ndarray], batch_size: int 
 def _batch(step: int, rank: int, wavs, labels, config: PretrainConfig, others):
     """The batch of `step` on `rank`: random 320-aligned crops (some noisy), their clean labels, spans to mask."""
     rng = np.random.default_rng([config.seed, step, rank])
-    crops = random_crops(
-        rng,
-        wavs,
-        config.batch_size,
-        int(config.crop_seconds * SAMPLE_RATE),
-        config.noise_prob,
-        config.snr_range,
-        others,
-    )
+    crops = training_crops(rng, wavs, config, others)
     frames = num_frames(crops.inputs.shape[1])
     label_t = torch.full((len(crops.picks), frames), -1, dtype=torch.long)
     for j, (i, start, n) in enumerate(zip(crops.picks, crops.start_frames, crops.lengths.tolist())):

@@ -29,7 +29,7 @@ from torch import nn
 
 from daisy import distributed
 from daisy.data import streaming
-from daisy.data.crops import random_crops
+from daisy.data.crops import training_crops
 from daisy.data.streaming import Corpus
 from daisy.io import run_lock, write_json
 from daisy.model import EarlyExitHubert, load_teacher
@@ -49,7 +49,6 @@ from daisy.run_state import (
 from daisy.targets import KMeansTargets, TeacherHead
 from daisy.training.kmeans import fit_mfcc_kmeans
 from daisy.upstream import load_backbone
-from daisy.upstream.geometry import SAMPLE_RATE
 
 
 @dataclass
@@ -81,15 +80,7 @@ class HeadTrainConfig:
 def _batch(step: int, rank: int, wavs: Corpus, config: HeadTrainConfig):
     """(input batch, clean batch, lengths) of random 320-aligned crops, some with noise mixed in."""
     rng = np.random.default_rng([config.seed, step, rank])
-    crops = random_crops(
-        rng,
-        wavs,
-        config.batch_size,
-        int(config.crop_seconds * SAMPLE_RATE),
-        config.noise_prob,
-        config.snr_range,
-        wavs[:64],
-    )
+    crops = training_crops(rng, wavs, config, wavs[:64])
     return crops.inputs, crops.clean, crops.lengths
 
 
