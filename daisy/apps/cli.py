@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -329,6 +328,7 @@ def train_heads_cmd(
     from daisy.calibration import calibrate_model, recalibrate_tasks, trace_scores
     from daisy.data.sources import load_all, utterances
     from daisy.data.streaming import AudioFiles
+    from daisy.distributed import rank_and_world
     from daisy.precision import inference
     from daisy.training.train_heads import HeadTrainConfig, check_resume, prepare_model, train_heads
 
@@ -366,7 +366,7 @@ def train_heads_cmd(
             train_heads(early, train, out_dir, config, workers=workers)
     except ValueError as e:  # another run holds the folder
         fail(str(e))
-    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process writes the model
+    if rank_and_world()[0] != 0:  # under torchrun, one process writes the model
         return
     with inference(device, precision):
         entropy = trace_scores(early, dev)["entropy"]  # one trace of the new heads for every calibration
@@ -636,6 +636,7 @@ def minisuperb(
     Results are kept per task and setting in --out: a rerun with more tasks, budgets or layers trains
     only the probes it has not got."""
     from daisy.data.sources import load_all, utterances
+    from daisy.distributed import rank_and_world
     from daisy.downstream.minisuperb import MiniSuperbConfig, run
     from daisy.downstream.tasks import corpus_tasks, names, parse_corpus_paths, synthetic_tasks
     from daisy.model import EarlyExitHubert
@@ -678,7 +679,7 @@ def minisuperb(
             task_data, source, dev = corpora.data, corpora.source, corpora.dev
     except (OSError, ValueError) as e:
         fail(str(e))
-    first = int(os.environ.get("RANK", 0)) == 0  # under torchrun the ranks share the extraction; rank 0 writes
+    first = rank_and_world()[0] == 0  # under torchrun the ranks share the extraction; rank 0 writes
     # one run at a time into --out (rank 0 holds it for its ranks); the probes train in fp32
     with _locked(out_dir) if first else nullcontext(), inference(device, precision):
         summary = run(early, task_data, dev, out_dir, config, source=source)

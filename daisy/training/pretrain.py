@@ -16,7 +16,6 @@ DDP through `torchrun` (gloo on CPU, nccl on GPU); rank 0 writes.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from contextlib import nullcontext
@@ -30,6 +29,7 @@ from torch import nn
 from transformers import HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
+from daisy import distributed
 from daisy.data.corpus import Utterance
 from daisy.data.crops import training_crops
 from daisy.features import mfcc
@@ -278,9 +278,8 @@ def pretrain(
     """
     out = Path(out)
     config = config.resolved()
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    distributed.init(device)  # under torchrun: nccl on CUDA, else gloo
+    rank, world = distributed.rank_and_world()
     with run_lock(out) if rank == 0 else nullcontext():  # ranks of one run share the folder
         if rank == 0:
             note_legacy(out, LEGACY)
@@ -341,7 +340,7 @@ def _train(
 ):
     """Steps `start`..`config.steps` (appending to `log`); `checkpoint(step, seconds)` on rank 0 every
     `checkpoint_every` steps, at the end and when stopped early. True when it reached `config.steps`."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    rank, world = distributed.rank_and_world()
     trainer = model
     if world > 1:
         trainer = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
