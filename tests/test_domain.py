@@ -44,12 +44,17 @@ def wavs(tmp_path):
     return paths
 
 
-@pytest.mark.parametrize("max_entropy,said", [(0.0, True), (100.0, False)])
-def test_exit_says_once_at_the_end_when_most_files_are_out_of_domain(tmp_path, wavs, max_entropy, said):
+def saved_with_domain_record(path, max_entropy: float) -> None:
+    """A random model whose calibration saw head-2 entropies up to `max_entropy`, saved at `path`."""
     model = random_early_exit()
     model.policy = policies.Entropy(threshold=0.5, min_layer=2)
     model.config.provenance["calibration"] = {"domain": {"layer": 2, "max_entropy": max_entropy, "utterances": 9}}
-    model.save_pretrained(tmp_path / "model")
+    model.save_pretrained(path)
+
+
+@pytest.mark.parametrize("max_entropy,said", [(0.0, True), (100.0, False)])
+def test_exit_says_once_at_the_end_when_most_files_are_out_of_domain(tmp_path, wavs, max_entropy, said):
+    saved_with_domain_record(tmp_path / "model", max_entropy)
     result = runner.invoke(app, ["exit", "--model", str(tmp_path / "model"), *map(str, wavs)])
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("note:")]
@@ -63,10 +68,7 @@ def test_exit_says_once_at_the_end_when_most_files_are_out_of_domain(tmp_path, w
 
 @pytest.mark.parametrize("max_entropy,said", [(0.0, True), (100.0, False)])
 def test_noise_sweep_says_so_at_the_end_from_its_clean_utterances(tmp_path, wavs, max_entropy, said):
-    model = random_early_exit()
-    model.policy = policies.Entropy(threshold=0.5, min_layer=2)
-    model.config.provenance["calibration"] = {"domain": {"layer": 2, "max_entropy": max_entropy, "utterances": 9}}
-    model.save_pretrained(tmp_path / "model")
+    saved_with_domain_record(tmp_path / "model", max_entropy)
     folder = wavs[0].parent
     args = ["noise-sweep", "--model", str(tmp_path / "model"), "--audio", str(folder), "--noise", "white"]
     result = runner.invoke(app, [*args, "--snr", "clean,10", "--out", str(tmp_path / "sweep")])
