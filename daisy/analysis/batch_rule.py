@@ -27,9 +27,16 @@ from rich.console import Console
 from rich.table import Table
 
 from daisy import policies
-from daisy.analysis.speed import interleaved_seconds, ratio_quartiles
+from daisy.analysis.speed import (
+    device_batches,
+    exit_depths,
+    front_end_call,
+    interleaved_seconds,
+    ratio_quartiles,
+    under_policy,
+)
 from daisy.calibration import trace_scores
-from daisy.data.batching import batches
+from daisy.data.batching import length_groups
 from daisy.model import EarlyExitHubert
 from daisy.upstream.geometry import SAMPLE_RATE
 
@@ -55,28 +62,16 @@ def compare(
 ) -> dict:
     """Times of the full model and of both rules over `wavs` in batches of `batch_size`; the figures
     `table` prints. Ratios are medians of per-round ratios, with their quartiles."""
-    run = list(batches(wavs, batch_size))
-    utterance_rule, batch_rule = calibrated_rules(model, wavs, depth, [idx for idx, _, _ in run])
-    device = next(model.parameters()).device  # batches wait there: the timings do not include the copy
-    groups = [(padded.to(device), lengths.to(device)) for _, padded, lengths in run]
-
-    def under(policy):
-        def fn(padded, lengths):
-            model.policy = policy
-            return model(padded, lengths, output_hidden_states=False)
-
-        return fn
-
-    def front_end(padded, lengths):
-        return model.embed(padded, lengths)
-
+    order = length_groups([len(w) for w in wavs], batch_size)  # the batches `device_batches` makes
+    utterance_rule, batch_rule = calibrated_rules(model, wavs, depth, order)
+    groups = device_batches(model, wavs, batch_size)
     previous = model.policy
     rules = {"full": policies.Fixed(layer=model.num_layers), "utterance": utterance_rule, "batch": batch_rule}
     try:
         with torch.inference_mode():
-            fns = {"front_end": front_end, **{k: under(p) for k, p in rules.items()}}
+            fns = {"front_end": front_end_call(model), **{k: under_policy(model, p) for k, p in rules.items()}}
             t = interleaved_seconds(fns, groups, repeats)
-            depths = {k: _depths([under(p)(*g) for g in groups]) for k, p in rules.items()}
+            depths = {k: exit_depths([under_policy(model, p)(*g) for g in groups]) for k, p in rules.items()}
     finally:
         model.policy = previous
     audio = sum(len(w) for w in wavs) / SAMPLE_RATE
@@ -110,13 +105,6 @@ def compare(
             "speedup": ratio_quartiles(t["full"], t[name])[1],
         }
     return result
-
-
-def _depths(outs) -> tuple[float, float]:
-    """Mean exit depth over utterances, and weighted by their frames (what the work follows)."""
-    exits = torch.cat([o.exit_layers for o in outs]).float()
-    frames = torch.cat([o.lengths for o in outs]).float()
-    return exits.mean().item(), ((exits * frames).sum() / frames.sum()).item()
 
 
 def table(result: dict) -> Table:

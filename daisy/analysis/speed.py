@@ -86,6 +86,36 @@ def ratio_quartiles(a: list[float], b: list[float]) -> tuple[float, float, float
     return q1, median, q3
 
 
+def device_batches(model: EarlyExitHubert, wavs: list[np.ndarray], batch_size: int) -> list[tuple]:
+    """(padded, lengths) of `batches(wavs, batch_size)`, already on the model's device: the timings do not
+    include the copy."""
+    device = next(model.parameters()).device
+    return [(padded.to(device), lengths.to(device)) for _, padded, lengths in batches(wavs, batch_size)]
+
+
+def under_policy(model: EarlyExitHubert, policy: policies.Policy):
+    """A call to time: `model` under `policy` on one (padded, lengths) batch, keeping no hidden states."""
+
+    def call(padded, lengths):
+        model.policy = policy
+        return model(padded, lengths, output_hidden_states=False)
+
+    return call
+
+
+def front_end_call(model: EarlyExitHubert):
+    """A call to time: the conv front-end alone, what every exit pays."""
+    return lambda padded, lengths: model.embed(padded, lengths)
+
+
+def exit_depths(outs) -> tuple[float, float]:
+    """Mean exit depth of the model's outputs over utterances, and weighted by their frames (what the work
+    follows)."""
+    exits = torch.cat([o.exit_layers for o in outs]).float()
+    frames = torch.cat([o.lengths for o in outs]).float()
+    return exits.mean().item(), ((exits * frames).sum() / frames.sum()).item()
+
+
 def timed_inside(model: EarlyExitHubert, policy: policies.Policy, groups: list, repeats: int) -> list[float]:
     """Per round over all `groups`, the share of `model`'s time under `policy` spent inside head scoring and
     the policy's decisions: a direct measure of what the heads cost, from one set of calls, so it does not
@@ -183,42 +213,28 @@ def run(model: EarlyExitHubert, wavs: list[np.ndarray], depth: float, repeats: i
     full_depth = policies.Fixed(layer=model.num_layers)
     rows = []
     for batch_size in (1, 16):
-        device = next(model.parameters()).device  # batches wait there: the timings do not include the copy
-        groups = [(p.to(device), n.to(device)) for _, p, n in batches(wavs, batch_size)]  # (padded, lengths)
-
-        def with_policy(policy):
-            def fn(padded, lengths):
-                model.policy = policy
-                return model(padded, lengths, output_hidden_states=False)
-
-            return fn
+        groups = device_batches(model, wavs, batch_size)
 
         def reference(padded, lengths):
             attention = (torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]).long()
             return model.backbone.model(padded, attention_mask=attention, output_hidden_states=True)
 
-        def front_end(padded, lengths):
-            return model.embed(padded, lengths)
-
         candidates = {
-            "front_end": front_end,
+            "front_end": front_end_call(model),
             "reference": reference,
-            "full": with_policy(full_depth),
-            "full_heads": with_policy(never),
-            "early_exit": with_policy(budget),
+            "full": under_policy(model, full_depth),
+            "full_heads": under_policy(model, never),
+            "early_exit": under_policy(model, budget),
         }
         if read_from > 1:
-            candidates["policy_heads"] = with_policy(never_from)
+            candidates["policy_heads"] = under_policy(model, never_from)
         with torch.inference_mode():
             t = interleaved_seconds(candidates, groups, repeats)
             inside = timed_inside(model, never, groups, repeats)
             inside_from = timed_inside(model, never_from, groups, repeats) if read_from > 1 else None
             model.policy = budget
             outs = [model(p, n, output_hidden_states=False) for p, n in groups]
-        exits = torch.cat([o.exit_layers for o in outs]).float()
-        frames = torch.cat([o.lengths for o in outs]).float()
-        mean_depth = exits.mean().item()
-        weighted_depth = ((exits * frames).sum() / frames.sum()).item()
+        mean_depth, weighted_depth = exit_depths(outs)
         t_front, t_full = (statistics.median(t[k]) for k in ("front_end", "full"))
         ideal = t_full / (t_front + weighted_depth / model.num_layers * (t_full - t_front))
         speedup = ratio_quartiles(t["full"], t["early_exit"])
